@@ -1,0 +1,75 @@
+"""Auxiliary losses that balance Softmax Token Choice routers (Appendix A of the paper)."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import ndtr
+
+from ._checks import integer, positive_real, real_array, same_shape
+
+
+def cv_squared(values: np.ndarray, name: str) -> float:
+    """Squared coefficient of variation ``var(values) / mean(values)^2``, population variance (ddof = 0).
+
+    Choice: no epsilon is added to the denominator; a zero mean is an error rather than a silent blow-up.
+    """
+    mean = values.mean()
+    if mean == 0:
+        raise ValueError(f"the coefficient of variation of {name} is undefined: their mean is 0")
+    return float(values.var() / mean**2)
+
+
+def importance_loss(gates) -> float:
+    """Importance loss of Appendix A: ``CV(sum_t gates[t, :])^2``.
+
+    ``gates`` is the routing probability matrix ``softmax(X W)``; its column sums are each expert's
+    importance on the group, and the loss is their squared coefficient of variation across experts.
+
+    Args:
+      gates: (T, E) routing probabilities.
+
+    Returns:
+      The loss, a float >= 0.
+
+    Example:
+      >>> importance_loss([[0.75, 0.25], [0.75, 0.25]])  # importances 1.5, 0.5: var 0.25 / mean^2 1.0
+      0.25
+    """
+    gates = real_array("gates", gates, "(T, E)")
+    importance = gates.sum(axis=0)  # r = Pi^T 1_T
+    return cv_squared(importance, "the expert importances")
+
+
+def load_loss(logits, noisy_logits, noise_std: float, k: int) -> float:
+    """Load loss of Appendix A, eqs. (12)-(15): ``CV(load)^2``.
+
+    Token t's threshold is the k-th largest of its noisy logits. The probability that expert r would
+    still be selected under fresh noise ``delta ~ N(0, noise_std^2)`` is
+    ``P(logits[t, r] + delta > threshold_t) = 1 - Phi((threshold_t - logits[t, r]) / noise_std)``; the
+    expert's load sums this over tokens, and the loss is the squared CV of the loads across experts.
+
+    Args:
+      logits: (T, E) clean logits ``X W``.
+      noisy_logits: (T, E) the logits with the noise used for routing, ``X W + eps``.
+      noise_std: standard deviation of the noise, > 0 (the paper uses variance 1/E).
+      k: experts per token, an integer in [1, E].
+
+    Returns:
+      The loss, a float >= 0.
+
+    Example:
+      >>> round(load_loss([[0.0, 0.0]], [[1.0, 0.0]], 1.0, 1), 6)  # equal loads Phi(-1) each: CV = 0
+      0.0
+    """
+    logits = real_array("logits", logits, "(T, E)")
+    noisy_logits = real_array("noisy_logits", noisy_logits, "(T, E)")
+    same_shape("noisy_logits", noisy_logits, logits.shape, "(T, E) of logits")
+    noise_std = positive_real("noise_std", noise_std)
+    num_experts = logits.shape[1]
+    k = integer("k", k, minimum=1, maximum=num_experts, what=" (experts per token, at most E)")
+    threshold = np.sort(noisy_logits, axis=1)[:, num_experts - k]  # the k-th largest noisy logit, eq. (12)
+    z = (threshold[:, None] - logits) / noise_std  # noise needed to beat the threshold, in std units, eq. (13)
+    # eq. (14): 1 - Phi(z), computed as Phi(-z), which is the same number without cancellation.
+    probability = ndtr(-z)
+    load = probability.sum(axis=0)  # eq. (15): expected number of tokens each expert receives
+    return cv_squared(load, "the expert loads")
