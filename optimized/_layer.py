@@ -1,0 +1,344 @@
+"""Experts, the MoE layer (eq. 2) on compact routing, auxiliary losses, router metrics, and ``MoELayer``."""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ._checks import float_array, integer, positive_real, same_shape
+from ._route import COMBINE_FROM, SINKHORN_ROUTERS, TOKEN_CHOICE_ROUTERS, check_router, sparse_capacity, sparse_routing
+from ._routing import Routing, capacity, soft_moe_logits, soft_moe_tensors
+
+# ------------------------------------------------------------------------------------------------- experts
+
+
+class MLPExperts(eqx.Module):
+    """E two-layer MLP experts with stacked weights: ``MLP_r(u) = gelu(u @ w1[r] + b1[r]) @ w2[r] + b2[r]``.
+
+    GELU in its tanh form (``jax.nn.gelu``'s default). ``experts(r, inputs)`` runs one expert on (n, D);
+    ``experts.batched(slots)`` runs all of them at once on (E, C, D) as two batched matmuls.
+    """
+
+    w1: Float[Array, "E D H"]
+    b1: Float[Array, "E H"]
+    w2: Float[Array, "E H D"]
+    b2: Float[Array, "E D"]
+
+    def __check_init__(self):
+        num_experts, width, hidden = self.w1.shape
+        same_shape("b1", self.b1, (num_experts, hidden), "(E, H)")
+        same_shape("w2", self.w2, (num_experts, hidden, width), "(E, H, D)")
+        same_shape("b2", self.b2, (num_experts, width), "(E, D)")
+
+    def __call__(self, r: int, inputs: Float[Array, "n D"]) -> Float[Array, "n D"]:
+        r = integer("r", r, minimum=0, maximum=self.w1.shape[0] - 1, what=" (an expert index)")
+        return jax.nn.gelu(inputs @ self.w1[r] + self.b1[r]) @ self.w2[r] + self.b2[r]
+
+    def batched(self, slots: Float[Array, "E C D"]) -> Float[Array, "E C D"]:
+        dtype = slots.dtype
+        hidden = jnp.einsum("ecd,edh->ech", slots, self.w1.astype(dtype)) + self.b1[:, None, :].astype(dtype)
+        hidden = jax.nn.gelu(hidden)
+        return jnp.einsum("ech,ehd->ecd", hidden, self.w2.astype(dtype)) + self.b2[:, None, :].astype(dtype)
+
+
+def mlp_experts(w1, b1, w2, b2) -> MLPExperts:
+    """E MLP experts with stacked weights w1 (E, D, H), b1 (E, H), w2 (E, H, D), b2 (E, D)."""
+    return MLPExperts(
+        float_array("w1", w1, "(E, D, H)"),
+        float_array("b1", b1, "(E, H)"),
+        float_array("w2", w2, "(E, H, D)"),
+        float_array("b2", b2, "(E, D)"),
+    )
+
+
+def moe_layer(x, dispatch, combine, experts) -> Float[Array, "T D"]:
+    """Eq. (2) on dense routing tensors: ``y[t] = sum_{r,c} combine[t,r,c] MLP_r(X^T dispatch[:, r, c])``."""
+    x = float_array("x", x, "(T, D)")
+    dispatch = float_array("dispatch", dispatch, "(T, E, C)")
+    combine = float_array("combine", combine, "(T, E, C)")
+    if dispatch.shape[0] != x.shape[0]:
+        raise ValueError(f"dispatch must have shape (T, E, C) with T = {x.shape[0]}, got {dispatch.shape}")
+    same_shape("combine", combine, dispatch.shape, "(T, E, C) of dispatch")
+    if not callable(experts):
+        raise TypeError(f"experts must be callable as experts(r, inputs), got {type(experts).__name__}")
+    slots = jnp.einsum("tec,td->ecd", dispatch, x)
+    if hasattr(experts, "batched"):
+        outputs = experts.batched(slots)
+    else:
+        outputs = jnp.stack([jnp.asarray(experts(r, slots[r])) for r in range(dispatch.shape[1])])
+    return jnp.einsum("tec,ecd->td", combine, outputs)
+
+
+def apply_routing(x: Float[Array, "T D"], routing: Routing, experts: MLPExperts) -> Float[Array, "T D"]:
+    """Eq. (2) on a compact routing: gather tokens into (E, C, D) slots, run the experts, weighted scatter-add.
+
+    O(E C D) data movement around the experts' matmuls, instead of the O(T E C D) one-hot einsums of
+    GShard / V-MoE. Empty slots hold token index T: the gather clamps it (any row will do, its weight is 0)
+    and the scatter drops it.
+    """
+    num_tokens, width = x.shape
+    slots = jnp.take(x, routing.token_index, axis=0, mode="clip")  # (E, C, D)
+    outputs = experts.batched(slots)
+    gate = jnp.where(routing.valid, routing.weight, 0).astype(outputs.dtype)
+    weighted = (outputs * gate[..., None]).reshape(-1, width)
+    return jnp.zeros((num_tokens, width), outputs.dtype).at[routing.token_index.reshape(-1)].add(weighted, mode="drop")
+
+
+# -------------------------------------------------------------------------------------------------- losses
+
+
+def _cv_squared(values):
+    return jnp.var(values) / jnp.mean(values) ** 2
+
+
+def importance_loss(gates) -> jax.Array:
+    """Appendix A: squared coefficient of variation (population) of the experts' summed gates ``gates.sum(0)``."""
+    gates = float_array("gates", gates, "(T, E)")
+    importance = gates.sum(axis=0)
+    if not isinstance(importance, jax.core.Tracer) and float(jnp.mean(importance)) == 0:
+        raise ValueError("the coefficient of variation of the expert importances is undefined: their mean is 0")
+    return _cv_squared(importance)
+
+
+def _load(logits, noisy_logits, noise_std, k):
+    threshold = jax.lax.top_k(noisy_logits, k)[0][:, -1]  # k-th largest noisy logit of each token
+    z = (threshold[:, None] - logits) / noise_std
+    return jax.scipy.special.ndtr(-z).sum(axis=0)  # 1 - Phi(z), summed over tokens
+
+
+def load_loss(logits, noisy_logits, noise_std: float, k: int) -> jax.Array:
+    """Appendix A, eqs. (12)-(15): squared CV of ``load[r] = sum_t 1 - Phi((threshold_t - logits[t, r]) / std)``."""
+    logits = float_array("logits", logits, "(T, E)")
+    noisy_logits = float_array("noisy_logits", noisy_logits, "(T, E)")
+    same_shape("noisy_logits", noisy_logits, logits.shape, "(T, E) of logits")
+    noise_std = positive_real("noise_std", noise_std)
+    k = integer("k", k, minimum=1, maximum=logits.shape[1], what=" (experts per token, at most E)")
+    load = _load(logits, noisy_logits, noise_std, k)
+    if not isinstance(load, jax.core.Tracer) and float(jnp.mean(load)) == 0:
+        raise ValueError("the coefficient of variation of the expert loads is undefined: their mean is 0")
+    return _cv_squared(load)
+
+
+# ------------------------------------------------------------------------------------------------- metrics
+
+METRIC_NAMES = (
+    "dropped_fraction",  # tokens processed by no expert
+    "experts_per_token_mean",
+    "experts_per_token_min",
+    "experts_per_token_max",
+    "slot_fill",  # fraction of the E * C slots holding a token
+    "load_cv",  # coefficient of variation of the number of tokens per expert
+    "combine_weight_min",  # over the used slots
+    "combine_weight_max",
+    "plan_error",  # OT routers: the plan's marginal error (see sparse_routing); 0 otherwise
+    "importance_loss",
+    "load_loss",
+)
+
+
+def routing_metrics(routing: Routing, num_tokens: int) -> dict[str, jax.Array]:
+    """Cheap per-group statistics of a compact routing (O(E C + T) work)."""
+    valid = routing.valid
+    per_token = (
+        jnp.zeros(num_tokens, jnp.float32)
+        .at[routing.token_index.reshape(-1)]
+        .add(valid.reshape(-1).astype(jnp.float32), mode="drop")
+    )
+    per_expert = valid.sum(axis=1).astype(jnp.float32)
+    weight = routing.weight.astype(jnp.float32)
+    any_valid = jnp.any(valid)
+    return {
+        "dropped_fraction": jnp.mean(per_token == 0),
+        "experts_per_token_mean": jnp.mean(per_token),
+        "experts_per_token_min": jnp.min(per_token),
+        "experts_per_token_max": jnp.max(per_token),
+        "slot_fill": jnp.mean(valid),
+        "load_cv": jnp.std(per_expert) / jnp.maximum(jnp.mean(per_expert), 1e-9),
+        "combine_weight_min": jnp.where(any_valid, jnp.min(jnp.where(valid, weight, jnp.inf)), 0.0),
+        "combine_weight_max": jnp.where(any_valid, jnp.max(jnp.where(valid, weight, -jnp.inf)), 0.0),
+    }
+
+
+def soft_metrics(combine: Float[Array, "T E S"]) -> dict[str, jax.Array]:
+    """Soft MoE: every token reaches every slot, so nothing is dropped and every expert sees every token."""
+    num_experts = combine.shape[1]
+    combine = combine.astype(jnp.float32)
+    return {
+        "dropped_fraction": jnp.zeros(()),
+        "experts_per_token_mean": jnp.full((), float(num_experts)),
+        "experts_per_token_min": jnp.full((), float(num_experts)),
+        "experts_per_token_max": jnp.full((), float(num_experts)),
+        "slot_fill": jnp.ones(()),
+        "load_cv": jnp.zeros(()),
+        "combine_weight_min": jnp.min(combine),
+        "combine_weight_max": jnp.max(combine),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ MoELayer
+
+
+def _l2_normalize(x, axis):
+    return x * jax.lax.rsqrt(jnp.sum(x * x, axis=axis, keepdims=True) + 1e-6)
+
+
+class MoELayer(eqx.Module):
+    """One MoE layer: a router and E expert MLPs with stacked weights, on one routing group (T, D) -> (T, D).
+
+    Sparse routers route a group of T tokens chosen by the caller (the ViT flattens several images into a
+    group); Soft MoE routes each image on its own, so its group is one image and T its number of patches.
+    The capacity C = capacity(T, E, factor) is fixed when the layer is built from ``group_size`` = T, and
+    for Soft MoE it is the number of slots per expert, S.
+
+    ``__call__(x, *, key=None, inference=False)`` returns ``(y, aux)`` where ``aux`` holds ``"loss"`` (the
+    weighted auxiliary loss, 0 except for Token Choice) and every entry of ``METRIC_NAMES``.
+
+    Choice: Softmax Token Choice adds noise N(0, noise_std^2) to its logits in training (default
+    noise_std = 1/E, as V-MoE) and none at inference; the importance loss is taken on the softmax of the
+    noisy logits and the load loss compares clean and noisy logits (Appendix A). Sinkhorn Token Choice gets
+    the importance loss only (it has no noise). The defaults weigh each loss 0.005 (V-MoE's 0.01 total).
+    Choice: the router weights start from N(0, 0.02^2) rather than zero, so that Expert Choice does not
+    begin with every expert choosing the same tokens by the tie rule.
+    """
+
+    router: str = eqx.field(static=True)
+    group_size: int = eqx.field(static=True)
+    num_experts: int = eqx.field(static=True)
+    factor: float = eqx.field(static=True)
+    capacity: int = eqx.field(static=True)
+    k: int = eqx.field(static=True)
+    noise_std: float = eqx.field(static=True)
+    importance_weight: float = eqx.field(static=True)
+    load_weight: float = eqx.field(static=True)
+    sinkhorn_iters: int = eqx.field(static=True)
+    sparse_ot_iters: int = eqx.field(static=True)
+    sparse_ot_learning_rate: float = eqx.field(static=True)
+    combine_from: str = eqx.field(static=True)
+    soft_moe_normalize: bool = eqx.field(static=True)
+    router_weight: Array  # W (D, E) for sparse routers, phi (D, E, S) for Soft MoE
+    experts: MLPExperts
+    scale: Array | None  # Soft MoE normalization scale, when soft_moe_normalize
+
+    def __init__(
+        self,
+        router: str,
+        *,
+        width: int,
+        hidden: int,
+        num_experts: int,
+        group_size: int,
+        factor: float = 1,
+        noise_std: float | None = None,
+        importance_weight: float = 0.005,
+        load_weight: float = 0.005,
+        sinkhorn_iters: int = 20,
+        sparse_ot_iters: int = 20,
+        sparse_ot_learning_rate: float = 1e-2,
+        combine_from: str = "softmax",
+        soft_moe_normalize: bool = False,
+        key: PRNGKeyArray,
+    ):
+        self.router = check_router(router)
+        width = integer("width", width, minimum=1)
+        hidden = integer("hidden", hidden, minimum=1)
+        self.num_experts = integer("num_experts", num_experts, minimum=1)
+        self.group_size = integer("group_size", group_size, minimum=1, what=" (tokens per routing group)")
+        if router == "soft_moe":
+            self.capacity = capacity(group_size, num_experts, positive_real("factor", factor))
+            self.k = 0
+        else:
+            self.capacity, self.k = sparse_capacity(router, group_size, num_experts, factor)
+        self.factor = factor
+        self.noise_std = 1.0 / num_experts if noise_std is None else float(noise_std)
+        if self.noise_std < 0 or not math.isfinite(self.noise_std):
+            raise ValueError(f"noise_std must be a finite number >= 0, got {noise_std}")
+        for name, value in (("importance_weight", importance_weight), ("load_weight", load_weight)):
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        self.importance_weight = float(importance_weight)
+        self.load_weight = float(load_weight)
+        self.sinkhorn_iters = integer("sinkhorn_iters", sinkhorn_iters, minimum=1)
+        self.sparse_ot_iters = integer("sparse_ot_iters", sparse_ot_iters, minimum=1)
+        self.sparse_ot_learning_rate = positive_real("sparse_ot_learning_rate", sparse_ot_learning_rate)
+        if combine_from not in COMBINE_FROM:
+            raise ValueError(f"combine_from must be one of {', '.join(COMBINE_FROM)}; got {combine_from!r}")
+        if combine_from == "plan" and router not in SINKHORN_ROUTERS:
+            raise ValueError(
+                f"combine_from='plan' needs a Sinkhorn router ({', '.join(SINKHORN_ROUTERS)}), not {router!r}"
+            )
+        self.combine_from = combine_from
+        self.soft_moe_normalize = bool(soft_moe_normalize)
+
+        k_router, k1, k2 = jax.random.split(key, 3)
+        if router == "soft_moe":
+            shape = (width, num_experts, self.capacity)
+            self.router_weight = jax.random.normal(k_router, shape) / math.sqrt(width)
+        else:
+            self.router_weight = 0.02 * jax.random.normal(k_router, (width, num_experts))
+        self.scale = jnp.ones(()) if self.soft_moe_normalize else None
+        init = jax.nn.initializers.xavier_uniform(in_axis=-2, out_axis=-1, batch_axis=0)
+        self.experts = MLPExperts(
+            init(k1, (num_experts, width, hidden)),
+            jnp.zeros((num_experts, hidden)),
+            init(k2, (num_experts, hidden, width)),
+            jnp.zeros((num_experts, width)),
+        )
+
+    def __call__(
+        self, x: Float[Array, "T D"], *, key: PRNGKeyArray | None = None, inference: bool = False
+    ) -> tuple[Float[Array, "T D"], dict[str, jax.Array]]:
+        if x.shape[0] != self.group_size:
+            raise ValueError(f"x must have {self.group_size} tokens (the layer's group_size), got shape {x.shape}")
+        if self.router == "soft_moe":
+            return self._soft(x)
+        return self._sparse(x, key, inference)
+
+    def _soft(self, x):
+        phi = self.router_weight
+        x32 = x.astype(jnp.float32)
+        if self.soft_moe_normalize:  # Puigcerver et al. (2023): l2-normalize tokens and slots, learned scale
+            x32 = _l2_normalize(x32, axis=-1)
+            phi = self.scale * _l2_normalize(phi, axis=0)
+        dispatch, combine = soft_moe_tensors(soft_moe_logits(x32, phi))
+        dtype = x.dtype
+        slots = jnp.einsum("tes,td->esd", dispatch.astype(dtype), x)
+        outputs = self.experts.batched(slots)
+        y = jnp.einsum("tes,esd->td", combine.astype(dtype), outputs)
+        aux = soft_metrics(combine) | {"plan_error": jnp.zeros(()), "importance_loss": jnp.zeros(())}
+        aux |= {"load_loss": jnp.zeros(()), "loss": jnp.zeros(())}
+        return y, aux
+
+    def _sparse(self, x, key, inference):
+        # Choice: the router runs in float32 even when the layer computes in bfloat16.
+        logits = x.astype(jnp.float32) @ self.router_weight.astype(jnp.float32)
+        clean_logits = logits
+        noisy = self.router == "softmax_token_choice" and not inference and self.noise_std > 0
+        if noisy:
+            if key is None:
+                raise ValueError("softmax_token_choice needs a key in training (for its noise); pass key=...")
+            logits = logits + self.noise_std * jax.random.normal(key, logits.shape)
+        routing, plan_error = sparse_routing(
+            self.router,
+            logits,
+            self.capacity,
+            self.k,
+            sinkhorn_iters=self.sinkhorn_iters,
+            sparse_ot_iters=self.sparse_ot_iters,
+            sparse_ot_learning_rate=self.sparse_ot_learning_rate,
+            combine_from=self.combine_from,
+        )
+        y = apply_routing(x, routing, self.experts).astype(x.dtype)
+        zero = jnp.zeros((), jnp.float32)
+        importance, load = zero, zero
+        if self.router in TOKEN_CHOICE_ROUTERS:
+            importance = _cv_squared(jax.nn.softmax(logits, axis=-1).sum(axis=0))
+            if noisy:
+                load = _cv_squared(_load(clean_logits, logits, self.noise_std, self.k))
+        aux = routing_metrics(routing, x.shape[0])
+        aux |= {"plan_error": plan_error.astype(jnp.float32), "importance_loss": importance, "load_loss": load}
+        aux["loss"] = self.importance_weight * importance + self.load_weight * load
+        return y, aux

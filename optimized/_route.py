@@ -1,0 +1,126 @@
+"""The six routers end to end: one compact routing function shared by ``route`` and ``MoELayer``."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ._checks import float_array, integer, positive_real, same_shape
+from ._routing import (
+    Routing,
+    _dense_plan,
+    _sinkhorn,
+    _sparse_ot,
+    capacity,
+    dense_routing,
+    expert_choice_routing,
+    soft_moe_routing,
+    token_choice_routing,
+)
+
+ROUTERS = (
+    "softmax_token_choice",
+    "sinkhorn_token_choice",
+    "softmax_expert_choice",
+    "sinkhorn_expert_choice",
+    "sparsity_constrained_expert_choice",
+    "soft_moe",
+)
+TOKEN_CHOICE_ROUTERS = ROUTERS[:2]
+EXPERT_CHOICE_ROUTERS = ROUTERS[2:5]
+SPARSE_ROUTERS = ROUTERS[:5]
+SINKHORN_ROUTERS = ("sinkhorn_token_choice", "sinkhorn_expert_choice")
+COMBINE_FROM = ("softmax", "plan")
+
+
+def check_router(router) -> str:
+    if router not in ROUTERS:
+        raise ValueError(f"router must be one of {', '.join(ROUTERS)}; got {router!r}")
+    return router
+
+
+def sparse_capacity(router: str, num_tokens: int, num_experts: int, factor) -> tuple[int, int]:
+    """Validate ``factor`` for ``router`` and return ``(C, k)``; k is 0 for Expert Choice."""
+    if router in TOKEN_CHOICE_ROUTERS:
+        k = integer("factor", factor, minimum=1, maximum=num_experts, what=" (k, experts per token, at most E)")
+        return capacity(num_tokens, num_experts, k), k
+    c = positive_real("factor", factor)
+    slots = capacity(num_tokens, num_experts, c)
+    if slots > num_tokens:
+        raise ValueError(f"factor c = {c} gives capacity {slots} > T = {num_tokens} tokens; Expert Choice needs C <= T")
+    return slots, 0
+
+
+def sparse_routing(
+    router: str,
+    logits: jax.Array,
+    slots: int,
+    k: int,
+    *,
+    sinkhorn_iters: int = 20,
+    sparse_ot_iters: int = 20,
+    sparse_ot_learning_rate: float = 1e-2,
+    combine_from: str = "softmax",
+) -> tuple[Routing, jax.Array]:
+    """Route one group with a sparse router, from its (possibly noisy) logits.
+
+    Returns the compact routing and the plan's marginal error: for Sinkhorn, the largest column error
+    ``max_r |sum_t Pi[t, r] - T/E|`` (its rows are exact); for sparse OT, the largest row error
+    ``max_t |sum_r Pi[t, r] - 1|`` (its columns are exact); 0 for the softmax routers.
+
+    Choice: no gradient flows through Sinkhorn or the sparse-OT solver (``stop_gradient``, sec. 3.4):
+    they only decide which tokens go where; gradients reach the router through the softmax combine
+    weights. With ``combine_from="plan"`` (the "without softmax combine" ablation of Figure 3, Sinkhorn
+    routers only) the combine weights are the plan's own entries, and the gradient then flows back through
+    the unrolled Sinkhorn iterations.
+    """
+    num_tokens, num_experts = logits.shape
+    softmax = jax.nn.softmax(logits, axis=-1)
+    error = jnp.zeros((), logits.dtype)
+    if router == "softmax_token_choice":
+        return token_choice_routing(jax.lax.stop_gradient(softmax), slots, k, softmax), error
+    if router == "softmax_expert_choice":
+        return expert_choice_routing(jax.lax.stop_gradient(softmax), slots, softmax), error
+    if router in ("sinkhorn_token_choice", "sinkhorn_expert_choice"):
+        plan = _sinkhorn(logits, sinkhorn_iters, None)
+        error = jnp.max(jnp.abs(plan.sum(axis=0) - num_tokens / num_experts))
+        weights = plan if combine_from == "plan" else softmax
+        plan = jax.lax.stop_gradient(plan)
+        if router == "sinkhorn_token_choice":
+            return token_choice_routing(plan, slots, k, weights), jax.lax.stop_gradient(error)
+        return expert_choice_routing(plan, slots, weights), jax.lax.stop_gradient(error)
+    # sparsity_constrained_expert_choice
+    values, tokens, rows = _sparse_ot(jax.lax.stop_gradient(logits), slots, sparse_ot_iters, sparse_ot_learning_rate)
+    plan = _dense_plan(values, tokens, num_tokens)
+    return expert_choice_routing(plan, slots, softmax), jnp.max(jnp.abs(rows - 1))
+
+
+def route(router: str, x, weight, *, factor=1, noise=None):
+    """Dense routing tensors ``(dispatch, combine)`` of one group for any of the six routers (the spec's
+    ``route``): W (D, E) for the sparse routers with C = capacity(T, E, factor); phi (D, E, S) for Soft MoE."""
+    router = check_router(router)
+    x = float_array("x", x, "(T, D)")
+    num_tokens, width = x.shape
+    if router == "soft_moe":
+        phi = float_array("weight", weight, "(D, E, S)")
+        if phi.shape[0] != width:
+            raise ValueError(f"weight (phi) must have shape (D, E, S) with D = {width}, got {phi.shape}")
+        if noise is not None:
+            raise ValueError("noise must be None for soft_moe: Soft MoE routing has no noisy logits")
+        if factor != 1:
+            raise ValueError(
+                f"factor must be left at 1 for soft_moe, got {factor!r}: the number of slots per expert is "
+                f"weight.shape[2] = {phi.shape[2]}"
+            )
+        return soft_moe_routing(x, phi)
+    w = float_array("weight", weight, "(D, E)")
+    if w.shape[0] != width:
+        raise ValueError(f"weight (W) must have shape (D, E) with D = {width}, got {w.shape}")
+    slots, k = sparse_capacity(router, num_tokens, w.shape[1], factor)
+    logits = x @ w
+    if noise is not None:
+        noise = float_array("noise", noise, "(T, E)")
+        same_shape("noise", noise, logits.shape, "(T, E)")
+        logits = logits + noise
+    routing, _ = sparse_routing(router, logits, slots, k)
+    return dense_routing(routing, num_tokens)

@@ -1,0 +1,295 @@
+"""ViT-MoE: a Vision Transformer with an MoE layer on every other block (V-MoE's Every-2, sec. 3.1).
+
+    images (B, H, W, ch) -> patches (B, N, P*P*ch) -> tokens (B, N, D) -> pairs of blocks -> pool -> head
+    pair: [MLP block, MoE block]; the MoE blocks are 1, 3, 5, ... counting from 0
+    MoE block: tokens (B, N, D) -> groups (G, T, D) -> MoELayer (vmapped over groups) -> (B, N, D)
+
+Sparse routers route groups of ``group_images`` images' tokens flattened together (T = group_images * N);
+Soft MoE routes each image on its own (T = N). The pairs are identical, so they are built with
+``eqx.filter_vmap`` and run with ``jax.lax.scan``: compile time does not grow with depth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ._checks import integer
+from ._layer import METRIC_NAMES, MoELayer
+from ._route import check_router
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+POOLS = ("gap", "cls")
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTMoEConfig:
+    """Architecture of a ViT-MoE. Defaults: B/32 with 32 experts, as in the paper."""
+
+    image_size: int = 224
+    patch_size: int = 32
+    channels: int = 3
+    width: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_dim: int = 3072
+    num_classes: int = 1000
+    router: str = "softmax_expert_choice"
+    num_experts: int = 32
+    factor: float = 1  # k for Token Choice, c for Expert Choice and Soft MoE
+    group_images: int = 8  # sparse routers: images whose tokens form one routing group
+    pool: str = "gap"
+    noise_std: float | None = None  # Softmax Token Choice training noise; None means 1/E
+    importance_weight: float = 0.005
+    load_weight: float = 0.005
+    sinkhorn_iters: int = 20
+    sparse_ot_iters: int = 20
+    sparse_ot_learning_rate: float = 1e-2
+    combine_from: str = "softmax"  # "plan": the Sinkhorn "without softmax combine" ablation (Figure 3)
+    soft_moe_normalize: bool = False
+    dense: bool = False  # True: a plain ViT (every block an MLP), the dense baseline
+    dtype: str = "float32"  # compute dtype of the matmuls: "float32" or "bfloat16"
+
+    def replace(self, **changes) -> ViTMoEConfig:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_patches + (1 if self.pool == "cls" else 0)
+
+    @property
+    def group_size(self) -> int:
+        """Tokens per routing group: one image for Soft MoE, ``group_images`` images for sparse routers."""
+        return self.num_tokens if self.router == "soft_moe" else self.group_images * self.num_tokens
+
+    def validate(self) -> None:
+        check_router(self.router)
+        for name in ("image_size", "patch_size", "channels", "width", "num_heads", "mlp_dim", "num_classes"):
+            integer(name, getattr(self, name), minimum=1)
+        integer("group_images", self.group_images, minimum=1)
+        integer("depth", self.depth, minimum=2)
+        if self.depth % 2:
+            raise ValueError(f"depth must be even (MoE on every other block, in pairs), got {self.depth}")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
+        if self.width % self.num_heads:
+            raise ValueError(f"width {self.width} must be a multiple of num_heads {self.num_heads}")
+        if self.pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}; got {self.pool!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
+
+
+def _variant(width, depth, heads, mlp, patch, **extra):
+    return dict(width=width, depth=depth, num_heads=heads, mlp_dim=mlp, patch_size=patch, **extra)
+
+
+# Named sizes. The paper's models are B/32, B/16 and L/16 with E = 32 (sec. 3.1); Ti and S are the usual
+# smaller ViTs; "mini" and "micro" train in minutes on 2 CPU cores.
+VARIANTS: dict[str, dict] = {
+    "Ti/16": _variant(192, 12, 3, 768, 16),
+    "S/32": _variant(384, 12, 6, 1536, 32),
+    "S/16": _variant(384, 12, 6, 1536, 16),
+    "B/32": _variant(768, 12, 12, 3072, 32),
+    "B/16": _variant(768, 12, 12, 3072, 16),
+    "L/16": _variant(1024, 24, 16, 4096, 16),
+    "mini": _variant(128, 4, 4, 256, 4, num_experts=8),
+    "micro": _variant(32, 2, 2, 64, 4, num_experts=4),
+}
+
+
+def _layer_norm(x, scale, bias, eps=1e-6):
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(axis=-1, keepdims=True)
+    var = x32.var(axis=-1, keepdims=True)
+    return (x32 - mean) * jax.lax.rsqrt(var + eps) * scale + bias
+
+
+_xavier = jax.nn.initializers.xavier_uniform()
+
+
+class _Block(eqx.Module):
+    """Pre-norm encoder block: x + Attn(LN(x)); then x + MLP(LN(x)) or x + MoE(LN(x))."""
+
+    num_heads: int = eqx.field(static=True)
+    group_images: int = eqx.field(static=True)
+    dtype: str = eqx.field(static=True)
+    ln1: Array
+    qkv_w: Array
+    qkv_b: Array
+    out_w: Array
+    out_b: Array
+    ln2: Array
+    mlp: tuple[Array, Array, Array, Array] | None
+    moe: MoELayer | None
+
+    def __init__(self, config: ViTMoEConfig, use_moe: bool, *, key):
+        d, h = config.width, config.mlp_dim
+        k_qkv, k_out, k1, k2, k_moe = jax.random.split(key, 5)
+        self.num_heads = config.num_heads
+        self.group_images = 1 if config.router == "soft_moe" else config.group_images
+        self.dtype = config.dtype
+        self.ln1 = jnp.stack([jnp.ones(d), jnp.zeros(d)])
+        self.qkv_w, self.qkv_b = _xavier(k_qkv, (d, 3 * d)), jnp.zeros(3 * d)
+        self.out_w, self.out_b = _xavier(k_out, (d, d)), jnp.zeros(d)
+        self.ln2 = jnp.stack([jnp.ones(d), jnp.zeros(d)])
+        if use_moe:
+            self.mlp = None
+            self.moe = MoELayer(
+                config.router,
+                width=d,
+                hidden=h,
+                num_experts=config.num_experts,
+                group_size=config.group_size,
+                factor=config.factor,
+                noise_std=config.noise_std,
+                importance_weight=config.importance_weight,
+                load_weight=config.load_weight,
+                sinkhorn_iters=config.sinkhorn_iters,
+                sparse_ot_iters=config.sparse_ot_iters,
+                sparse_ot_learning_rate=config.sparse_ot_learning_rate,
+                combine_from=config.combine_from,
+                soft_moe_normalize=config.soft_moe_normalize,
+                key=k_moe,
+            )
+        else:
+            self.mlp = (_xavier(k1, (d, h)), jnp.zeros(h), _xavier(k2, (h, d)), jnp.zeros(d))
+            self.moe = None
+
+    def _attention(self, x):
+        dtype = DTYPES[self.dtype]
+        b, n, d = x.shape
+        heads = self.num_heads
+        h = _layer_norm(x, *self.ln1).astype(dtype)
+        qkv = (h @ self.qkv_w.astype(dtype) + self.qkv_b.astype(dtype)).reshape(b, n, 3, heads, d // heads)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(d // heads)
+        attn = jax.nn.softmax(logits, axis=-1).astype(dtype)
+        out = jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(b, n, d)
+        return x + (out @ self.out_w.astype(dtype) + self.out_b.astype(dtype)).astype(jnp.float32)
+
+    def __call__(self, x: Float[Array, "B N D"], key, inference: bool):
+        dtype = DTYPES[self.dtype]
+        x = self._attention(x)
+        h = _layer_norm(x, *self.ln2).astype(dtype)
+        if self.moe is None:
+            w1, b1, w2, b2 = (a.astype(dtype) for a in self.mlp)
+            return x + (jax.nn.gelu(h @ w1 + b1) @ w2 + b2).astype(jnp.float32), None
+        b, n, d = h.shape
+        if b % self.group_images:
+            raise ValueError(
+                f"the batch of {b} images must be a multiple of group_images = {self.group_images} "
+                "(images per routing group)"
+            )
+        groups = h.reshape(b // self.group_images, self.group_images * n, d)
+        keys = jax.random.split(key, groups.shape[0])
+        y, aux = jax.vmap(lambda g, k: self.moe(g, key=k, inference=inference))(groups, keys)
+        metrics = {
+            name: (jnp.min if name.endswith("_min") else jnp.max if name.endswith("_max") else jnp.mean)(value)
+            for name, value in aux.items()
+        }
+        return x + y.reshape(b, n, d).astype(jnp.float32), metrics
+
+
+class _Pair(eqx.Module):
+    first: _Block  # an MLP block
+    second: _Block  # the MoE block (an MLP block too for the dense baseline)
+
+    def __init__(self, config: ViTMoEConfig, *, key):
+        k1, k2 = jax.random.split(key)
+        self.first = _Block(config, False, key=k1)
+        self.second = _Block(config, not config.dense, key=k2)
+
+    def __call__(self, x, key, inference):
+        x, _ = self.first(x, key, inference)
+        return self.second(x, key, inference)
+
+
+class ViTMoE(eqx.Module):
+    """A Vision Transformer with MoE layers on blocks 1, 3, 5, ... (Every-2), any of the six routers.
+
+    ``model(images, key=..., inference=False)`` maps a batch (B, H, W, ch) to class logits (B, classes) and
+    ``aux``: ``aux["loss"]`` is the summed auxiliary loss of the MoE layers and ``aux["moe"]`` maps each
+    name of ``METRIC_NAMES`` to an array with one value per MoE layer. ``model.features(images)`` is the
+    pre-head representation (after the final layer norm and pooling) used by the few-shot linear probe.
+    B must be a multiple of ``config.group_images`` for the sparse routers.
+    """
+
+    config: ViTMoEConfig = eqx.field(static=True)
+    patch_w: Array
+    patch_b: Array
+    pos_embed: Array
+    cls_token: Array | None
+    pairs: _Pair  # stacked: every array has a leading axis of depth / 2
+    final_ln: Array
+    head_w: Array
+    head_b: Array
+
+    def __init__(self, config: ViTMoEConfig, *, key: PRNGKeyArray):
+        config.validate()
+        self.config = config
+        k_patch, k_pos, k_cls, k_pairs = jax.random.split(key, 4)
+        patch_dim = config.patch_size**2 * config.channels
+        self.patch_w = _xavier(k_patch, (patch_dim, config.width))
+        self.patch_b = jnp.zeros(config.width)
+        self.pos_embed = 0.02 * jax.random.normal(k_pos, (config.num_tokens, config.width))
+        self.cls_token = jnp.zeros(config.width) if config.pool == "cls" else None
+        keys = jax.random.split(k_pairs, config.depth // 2)
+        self.pairs = eqx.filter_vmap(lambda k: _Pair(config, key=k))(keys)
+        self.final_ln = jnp.stack([jnp.ones(config.width), jnp.zeros(config.width)])
+        self.head_w = jnp.zeros((config.width, config.num_classes))  # zero-initialized head, as ViT
+        self.head_b = jnp.zeros(config.num_classes)
+        del k_cls
+
+    def _tokens(self, images):
+        cfg = self.config
+        if images.ndim != 4 or images.shape[1:] != (cfg.image_size, cfg.image_size, cfg.channels):
+            raise ValueError(
+                f"images must have shape (B, {cfg.image_size}, {cfg.image_size}, {cfg.channels}), got {images.shape}"
+            )
+        b, p = images.shape[0], cfg.patch_size
+        side = cfg.image_size // p
+        patches = images.reshape(b, side, p, side, p, cfg.channels).transpose(0, 1, 3, 2, 4, 5)
+        patches = patches.reshape(b, side * side, p * p * cfg.channels).astype(jnp.float32)
+        x = patches @ self.patch_w + self.patch_b
+        if self.cls_token is not None:
+            x = jnp.concatenate([jnp.broadcast_to(self.cls_token, (b, 1, cfg.width)), x], axis=1)
+        return x + self.pos_embed
+
+    def features(
+        self, images: Float[Array, "B H W ch"], *, key: PRNGKeyArray | None = None, inference: bool = True
+    ) -> tuple[Float[Array, "B D"], dict]:
+        """Pre-head representation (B, D) and the auxiliary outputs."""
+        x = self._tokens(images)
+        num_pairs = self.config.depth // 2
+        keys = jax.random.split(jax.random.key(0) if key is None else key, num_pairs)
+        params, static = eqx.partition(self.pairs, eqx.is_array)
+
+        def body(x, layer):
+            layer_params, layer_key = layer
+            return eqx.combine(layer_params, static)(x, layer_key, inference)
+
+        x, metrics = jax.lax.scan(body, x, (params, keys))
+        x = _layer_norm(x, *self.final_ln)
+        pooled = x[:, 0] if self.config.pool == "cls" else x.mean(axis=1)
+        if metrics is None:  # the dense baseline
+            metrics = {name: jnp.zeros((0,)) for name in (*METRIC_NAMES, "loss")}
+        aux = {"loss": jnp.sum(metrics.pop("loss")), "moe": metrics}
+        return pooled, aux
+
+    def __call__(
+        self, images: Float[Array, "B H W ch"], *, key: PRNGKeyArray | None = None, inference: bool = False
+    ) -> tuple[Float[Array, "B classes"], dict]:
+        if not inference and key is None and self.config.router == "softmax_token_choice" and not self.config.dense:
+            raise ValueError("training softmax_token_choice needs a key for its noise: pass key=...")
+        pooled, aux = self.features(images, key=key, inference=inference)
+        return pooled @ self.head_w + self.head_b, aux
