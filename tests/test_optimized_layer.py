@@ -1,0 +1,181 @@
+"""MoELayer and ViTMoE: gradients, metrics on hand-made routings, validation at build time, overfitting."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optimized as O
+import reference as R
+from optimized._layer import routing_metrics
+
+
+def make_layer(router, group_size=32, factor=1, **kwargs):
+    return O.MoELayer(
+        router,
+        width=8,
+        hidden=16,
+        num_experts=4,
+        group_size=group_size,
+        factor=factor,
+        key=jax.random.key(0),
+        **kwargs,
+    )
+
+
+def test_metrics_mean_what_they_say():
+    # T = 4 tokens, E = 2 experts, C = 2. Expert 0 holds t0 (w 0.5) and t1 (w 0.25); expert 1 holds t0 (w 0.75)
+    # and one empty slot (index T = 4). Tokens per expert: t0 2, t1 1, t2 0, t3 0.
+    routing = O.Routing(
+        token_index=jnp.array([[0, 1], [0, 4]]),
+        weight=jnp.array([[0.5, 0.25], [0.75, 0.0]]),
+        valid=jnp.array([[True, True], [True, False]]),
+    )
+    m = routing_metrics(routing, 4)
+    assert float(m["dropped_fraction"]) == 0.5  # t2, t3
+    assert float(m["experts_per_token_mean"]) == 0.75  # (2 + 1 + 0 + 0) / 4
+    assert (float(m["experts_per_token_min"]), float(m["experts_per_token_max"])) == (0.0, 2.0)
+    assert float(m["slot_fill"]) == 0.75  # 3 of 4 slots
+    assert float(m["load_cv"]) == pytest.approx(1 / 3)  # loads [2, 1]: std 0.5 / mean 1.5
+    assert (float(m["combine_weight_min"]), float(m["combine_weight_max"])) == (0.25, 0.75)
+
+
+@pytest.mark.parametrize("router", R.ROUTERS)
+def test_layer_matches_reference_moe_layer_on_reference_routing(router):
+    # MoELayer (compact routing, gather/scatter) == reference.moe_layer on reference.route's dense tensors.
+    group = 16 if router == "soft_moe" else 32
+    layer = make_layer(router, group_size=group, factor=2 if router != "soft_moe" else 1)
+    x = np.random.default_rng(3).normal(size=(group, 8))
+    y, _ = layer(jnp.asarray(x, jnp.float32), inference=True)
+    weight = np.asarray(layer.router_weight, np.float64)
+    dispatch, combine = R.route(router, x, weight, factor=1 if router == "soft_moe" else 2)
+    experts = R.mlp_experts(
+        *(np.asarray(a, np.float64) for a in (layer.experts.w1, layer.experts.b1, layer.experts.w2, layer.experts.b2))
+    )
+    np.testing.assert_allclose(np.asarray(y), R.moe_layer(x, dispatch, combine, experts), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("router", R.ROUTERS)
+def test_grad_is_finite_and_reaches_router_and_experts(router):
+    layer = make_layer(router, group_size=16 if router == "soft_moe" else 32)
+    x = jax.random.normal(jax.random.key(1), (layer.group_size, 8))
+
+    @eqx.filter_jit
+    @eqx.filter_grad
+    def grad(layer):
+        y, aux = layer(x, key=jax.random.key(2))
+        return jnp.sum(y**2) + aux["loss"]
+
+    g = grad(layer)
+    for name, leaf in (("router", g.router_weight), ("w1", g.experts.w1), ("w2", g.experts.w2)):
+        assert jnp.all(jnp.isfinite(leaf)), (router, name)
+        assert float(jnp.abs(leaf).max()) > 0, (router, name)
+
+
+@pytest.mark.parametrize("router", [r for r in R.ROUTERS if r != "soft_moe"])
+def test_router_gradient_flows_only_through_softmax_combine_weights(router):
+    # With the routing decision held fixed (stop_gradient of Sinkhorn, sparse OT and top-k), the gradient with
+    # respect to W is that of eq. (2) with combine weights softmax(x W) at the chosen slots, nothing more.
+    layer = make_layer(router, noise_std=0.0)
+    x = jax.random.normal(jax.random.key(4), (32, 8))
+    routing, _ = O.sparse_routing(router, x @ layer.router_weight, layer.capacity, layer.k)
+
+    def through_layer(w):
+        y, _ = eqx.tree_at(lambda m: m.router_weight, layer, w)(x, inference=True)
+        return jnp.sum(jnp.sin(y))
+
+    def fixed_decision(w):
+        probs = jax.nn.softmax(x @ w, axis=-1)
+        weight = probs[jnp.minimum(routing.token_index, 31), jnp.arange(4)[:, None]]
+        return jnp.sum(jnp.sin(O.apply_routing(x, routing._replace(weight=weight), layer.experts)))
+
+    np.testing.assert_allclose(
+        jax.grad(through_layer)(layer.router_weight),
+        jax.grad(fixed_decision)(layer.router_weight),
+        rtol=1e-5,
+        atol=1e-7,
+    )
+
+
+def test_softmax_token_choice_noise_only_in_training_and_aux_losses():
+    layer = make_layer("softmax_token_choice")
+    x = jax.random.normal(jax.random.key(5), (32, 8))
+    y1, aux1 = layer(x, key=jax.random.key(1))
+    y2, _ = layer(x, key=jax.random.key(2))
+    y_inf, aux_inf = layer(x, inference=True)
+    assert not jnp.allclose(y1, y2)  # different noise, different routing weights
+    np.testing.assert_array_equal(y_inf, layer(x, key=jax.random.key(3), inference=True)[0])  # no noise
+    assert float(aux1["load_loss"]) > 0 and float(aux1["importance_loss"]) > 0
+    assert float(aux_inf["load_loss"]) == 0  # no noise, no load loss
+    expected = 0.005 * (float(aux1["importance_loss"]) + float(aux1["load_loss"]))
+    assert float(aux1["loss"]) == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="needs a key"):
+        layer(x)
+
+
+def test_layer_validates_at_build_time():
+    with pytest.raises(ValueError, match=r"round\(1.0 \* 4 / 32\) = 0 is below 1"):
+        O.MoELayer("softmax_expert_choice", width=8, hidden=8, num_experts=32, group_size=4, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="router must be one of"):
+        make_layer("hash")
+    with pytest.raises(ValueError, match=r"factor must be between 1 and 4"):
+        make_layer("softmax_token_choice", factor=5)
+    with pytest.raises(ValueError, match="combine_from='plan' needs a Sinkhorn router"):
+        make_layer("softmax_expert_choice", combine_from="plan")
+    with pytest.raises(ValueError, match="x must have 32 tokens"):
+        make_layer("softmax_expert_choice")(jnp.zeros((31, 8)), inference=True)
+    with pytest.raises(ValueError, match="depth must be even"):
+        O.ViTMoE(O.ViTMoEConfig(depth=3), key=jax.random.key(0))
+    with pytest.raises(ValueError, match="multiple of group_images = 2"):
+        model = O.ViTMoE(tiny_config("softmax_expert_choice"), key=jax.random.key(0))
+        model(jnp.zeros((3, 8, 8, 1)), inference=True)
+
+
+def tiny_config(router, **changes):
+    return O.ViTMoEConfig(
+        **O.VARIANTS["micro"], image_size=8, channels=1, num_classes=4, group_images=2, router=router
+    ).replace(**changes)
+
+
+def test_vit_moe_layout_dtypes_and_metrics():
+    config = tiny_config("softmax_expert_choice", depth=4, pool="cls")
+    model = O.ViTMoE(config, key=jax.random.key(0))
+    images = jax.random.normal(jax.random.key(1), (4, 8, 8, 1))
+    logits, aux = model(images, key=jax.random.key(2))
+    assert logits.shape == (4, 4) and logits.dtype == jnp.float32
+    assert set(aux["moe"]) == set(O.METRIC_NAMES) and aux["moe"]["slot_fill"].shape == (2,)  # blocks 1 and 3
+    features, _ = model.features(images)
+    assert features.shape == (4, 32)
+    bf16 = O.ViTMoE(config.replace(dtype="bfloat16"), key=jax.random.key(0))
+    assert jnp.all(jnp.isfinite(bf16.features(images)[0]))
+    dense = O.ViTMoE(config.replace(dense=True), key=jax.random.key(0))
+    assert dense(images, inference=True)[1]["moe"]["slot_fill"].shape == (0,)
+
+
+@pytest.mark.parametrize("router", R.ROUTERS)
+def test_tiny_vit_moe_overfits_a_handful_of_images(router):
+    images = jax.random.normal(jax.random.key(7), (8, 8, 8, 1))
+    labels = jnp.arange(8) % 4
+    model = O.ViTMoE(tiny_config(router), key=jax.random.key(0))
+    optimizer = optax.adam(1e-2)
+    state = optimizer.init(eqx.filter(model, eqx.is_array))
+
+    @eqx.filter_jit
+    def step(model, state, key):
+        def loss_fn(model):
+            logits, aux = model(images, key=key)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean() + aux["loss"]
+
+        loss, grads = eqx.filter_value_and_grad(loss_fn)(model)
+        updates, state = optimizer.update(grads, state, eqx.filter(model, eqx.is_array))
+        return eqx.apply_updates(model, updates), state, loss
+
+    first = None
+    for i in range(40):
+        model, state, loss = step(model, state, jax.random.key(i))
+        first = float(loss) if first is None else first
+    logits, _ = model(images, inference=True)
+    assert first > 1.0  # log(4) = 1.39 at the zero-initialized head
+    assert float((logits.argmax(-1) == labels).mean()) == 1.0, router

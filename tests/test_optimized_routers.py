@@ -1,0 +1,123 @@
+"""The JAX backend's functional API: spot checks against the reference, jit, grad, shapes, dtypes, bad input.
+
+The full property-based comparison is the conformance suite; these are fixed inputs with known answers.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import optimized as O
+import reference as R
+
+RNG = np.random.default_rng(1234)
+T, D, E = 24, 6, 4
+X = RNG.normal(size=(T, D))
+W = RNG.normal(size=(D, E))
+PHI = RNG.normal(size=(D, E, 3))
+LOGITS = 2 * RNG.normal(size=(T, E))
+
+
+def weight_for(router):
+    return PHI if router == "soft_moe" else W
+
+
+def test_token_choice_hand_case_matches_algorithm_1():
+    # Same hand-worked case as the reference's test: C = 2, k = 2; first choices t0->e0, t1->e1, t2->e1;
+    # second choices: t0->e1 dropped (full), t1->e0 slot 1, t2->e0 dropped (full).
+    scores = jnp.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7]])
+    routing = O.token_choice_routing(scores, 2, 2)
+    np.testing.assert_array_equal(routing.token_index, [[0, 1], [1, 2]])
+    np.testing.assert_array_equal(routing.valid, [[True, True], [True, True]])
+    np.testing.assert_allclose(routing.weight, [[0.9, 0.2], [0.8, 0.7]])
+    # With C = 1 expert e1 holds only t1; t2's slot request is dropped, leaving index T = 3 nowhere.
+    routing = O.token_choice_routing(scores, 1, 1)
+    np.testing.assert_array_equal(routing.token_index, [[0], [1]])
+
+
+def test_empty_slots_are_marked_invalid():
+    # Everybody wants e0 with k = 1, C = 2: e1 stays empty; its slots hold the sentinel T and weight 0.
+    routing = O.token_choice_routing(jnp.array([[0.6, 0.4], [0.7, 0.3], [0.8, 0.2]]), 2, 1)
+    np.testing.assert_array_equal(routing.token_index, [[0, 1], [3, 3]])
+    np.testing.assert_array_equal(routing.valid, [[True, True], [False, False]])
+    np.testing.assert_array_equal(routing.weight[1], [0.0, 0.0])
+
+
+# Soft MoE takes no factor (its slot count is phi's last axis), so it appears with factor 1 only.
+@pytest.mark.parametrize(("router", "factor"), [(r, f) for r in R.ROUTERS for f in (1, 2) if (r, f) != ("soft_moe", 2)])
+def test_route_matches_reference(router, factor):
+    expected = R.route(router, X, weight_for(router), factor=factor)
+    got = O.route(router, X, weight_for(router), factor=factor)
+    for e, g, name in zip(expected, got, ("dispatch", "combine"), strict=True):
+        assert g.dtype == jnp.float32 and g.shape == e.shape
+        np.testing.assert_allclose(np.asarray(g), e, atol=2e-6, err_msg=f"{router} {name}")
+
+
+def test_affinities_match_reference():
+    np.testing.assert_allclose(O.softmax_affinity(LOGITS), R.softmax_affinity(LOGITS), atol=1e-6)
+    for tol in (None, 1e-3):
+        np.testing.assert_allclose(
+            O.sinkhorn_affinity(LOGITS, num_iters=30, tol=tol),
+            R.sinkhorn_affinity(LOGITS, num_iters=30, tol=tol),
+            atol=2e-6,
+        )
+    for slots in (3, 6, 24):
+        np.testing.assert_allclose(O.sparse_ot_affinity(LOGITS, slots), R.sparse_ot_affinity(LOGITS, slots), atol=2e-5)
+
+
+def test_allocations_losses_and_layer_match_reference():
+    weights = RNG.random((T, E))
+    for got, expected in (
+        (O.token_choice_allocation(LOGITS, 5, 2, weights), R.token_choice_allocation(LOGITS, 5, 2, weights)),
+        (O.expert_choice_allocation(LOGITS, 7, weights), R.expert_choice_allocation(LOGITS, 7, weights)),
+        (O.soft_moe_routing(X, PHI), R.soft_moe_routing(X, PHI)),
+    ):
+        for g, e in zip(got, expected, strict=True):
+            np.testing.assert_allclose(np.asarray(g), e, atol=1e-6)
+    probs = R.softmax_affinity(LOGITS)
+    assert float(O.importance_loss(probs)) == pytest.approx(R.importance_loss(probs), rel=1e-5)
+    noisy = LOGITS + 0.3 * RNG.normal(size=LOGITS.shape)
+    assert float(O.load_loss(LOGITS, noisy, 0.25, 2)) == pytest.approx(R.load_loss(LOGITS, noisy, 0.25, 2), rel=1e-5)
+    params = [RNG.normal(size=s) for s in ((E, D, 5), (E, 5), (E, 5, D), (E, D))]
+    dispatch, combine = R.route("sinkhorn_expert_choice", X, W)
+    np.testing.assert_allclose(
+        O.moe_layer(X, dispatch, combine, O.mlp_experts(*params)),
+        R.moe_layer(X, dispatch, combine, R.mlp_experts(*params)),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    assert O.capacity(5, 2, 1) == R.capacity(5, 2, 1) == 2
+
+
+@pytest.mark.parametrize("router", R.ROUTERS)
+def test_route_jits_with_static_router_and_factor(router):
+    fn = jax.jit(lambda x, w: O.route(router, x, w, factor=1))
+    dispatch, combine = fn(jnp.asarray(X, jnp.float32), jnp.asarray(weight_for(router), jnp.float32))
+    expected = O.route(router, X, weight_for(router))
+    np.testing.assert_allclose(dispatch, expected[0], atol=1e-6)
+    np.testing.assert_allclose(combine, expected[1], atol=1e-6)
+
+
+def test_sinkhorn_and_sparse_ot_jit_with_static_iterations():
+    sink = jax.jit(O.sinkhorn_affinity, static_argnames=("num_iters", "tol"))
+    np.testing.assert_allclose(sink(LOGITS, num_iters=7, tol=1e-3), O.sinkhorn_affinity(LOGITS, num_iters=7, tol=1e-3))
+    sparse = jax.jit(O.sparse_ot_affinity, static_argnames=("capacity", "num_iters", "learning_rate"))
+    np.testing.assert_allclose(sparse(LOGITS, 5, num_iters=3), O.sparse_ot_affinity(LOGITS, 5, num_iters=3))
+
+
+def test_bad_input_mirrors_the_reference():
+    cases = [
+        (lambda m: m.softmax_affinity([[0.0, np.nan]]), ValueError, r"logits must be finite"),
+        (lambda m: m.sinkhorn_affinity(LOGITS, num_iters=0), ValueError, r"num_iters must be >= 1"),
+        (lambda m: m.token_choice_allocation(LOGITS, 2, 5), ValueError, r"k must be between 1 and 4"),
+        (lambda m: m.token_choice_allocation(LOGITS, 2, 1.0), TypeError, r"k must be an integer"),
+        (lambda m: m.expert_choice_allocation(LOGITS, 25), ValueError, r"at most the number of tokens T = 24"),
+        (lambda m: m.route("top1", X, W), ValueError, r"router must be one of softmax_token_choice"),
+        (lambda m: m.route("softmax_expert_choice", X, W, factor=0.01), ValueError, r"is below 1"),
+        (lambda m: m.capacity(4, 2, True), TypeError, r"factor must be a real number"),
+    ]
+    for call, exception, pattern in cases:
+        for module in (R, O):
+            with pytest.raises(exception, match=pattern):
+                call(module)
