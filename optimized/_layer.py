@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import equinox as eqx
@@ -36,13 +37,18 @@ class MLPExperts(eqx.Module):
 
     def __call__(self, r: int, inputs: Float[Array, "n D"]) -> Float[Array, "n D"]:
         r = integer("r", r, minimum=0, maximum=self.w1.shape[0] - 1, what=" (an expert index)")
-        return jax.nn.gelu(inputs @ self.w1[r] + self.b1[r]) @ self.w2[r] + self.b2[r]
+        return _one_expert(self, r, inputs)
 
     def batched(self, slots: Float[Array, "E C D"]) -> Float[Array, "E C D"]:
         dtype = slots.dtype
         hidden = jnp.einsum("ecd,edh->ech", slots, self.w1.astype(dtype)) + self.b1[:, None, :].astype(dtype)
         hidden = jax.nn.gelu(hidden)
         return jnp.einsum("ech,ehd->ecd", hidden, self.w2.astype(dtype)) + self.b2[:, None, :].astype(dtype)
+
+
+@eqx.filter_jit
+def _one_expert(experts: MLPExperts, r, inputs):
+    return jax.nn.gelu(inputs @ experts.w1[r] + experts.b1[r]) @ experts.w2[r] + experts.b2[r]
 
 
 def mlp_experts(w1, b1, w2, b2) -> MLPExperts:
@@ -65,12 +71,17 @@ def moe_layer(x, dispatch, combine, experts) -> Float[Array, "T D"]:
     same_shape("combine", combine, dispatch.shape, "(T, E, C) of dispatch")
     if not callable(experts):
         raise TypeError(f"experts must be callable as experts(r, inputs), got {type(experts).__name__}")
+    if isinstance(experts, MLPExperts):
+        return _dense_moe_layer(x, dispatch, combine, experts)
     slots = jnp.einsum("tec,td->ecd", dispatch, x)
-    if hasattr(experts, "batched"):
-        outputs = experts.batched(slots)
-    else:
-        outputs = jnp.stack([jnp.asarray(experts(r, slots[r])) for r in range(dispatch.shape[1])])
+    outputs = jnp.stack([jnp.asarray(experts(r, slots[r])) for r in range(dispatch.shape[1])])
     return jnp.einsum("tec,ecd->td", combine, outputs)
+
+
+@eqx.filter_jit
+def _dense_moe_layer(x, dispatch, combine, experts: MLPExperts):
+    slots = jnp.einsum("tec,td->ecd", dispatch, x)  # X^T D[:, r, c] for every slot
+    return jnp.einsum("tec,ecd->td", combine, experts.batched(slots))
 
 
 def apply_routing(x: Float[Array, "T D"], routing: Routing, experts: MLPExperts) -> Float[Array, "T D"]:
@@ -91,6 +102,7 @@ def apply_routing(x: Float[Array, "T D"], routing: Routing, experts: MLPExperts)
 # -------------------------------------------------------------------------------------------------- losses
 
 
+@jax.jit
 def _cv_squared(values):
     return jnp.var(values) / jnp.mean(values) ** 2
 
@@ -98,12 +110,13 @@ def _cv_squared(values):
 def importance_loss(gates) -> jax.Array:
     """Appendix A: squared coefficient of variation (population) of the experts' summed gates ``gates.sum(0)``."""
     gates = float_array("gates", gates, "(T, E)")
-    importance = gates.sum(axis=0)
+    importance = jax.jit(jnp.sum, static_argnames="axis")(gates, axis=0)
     if not isinstance(importance, jax.core.Tracer) and float(jnp.mean(importance)) == 0:
         raise ValueError("the coefficient of variation of the expert importances is undefined: their mean is 0")
     return _cv_squared(importance)
 
 
+@functools.partial(jax.jit, static_argnames=("k",))
 def _load(logits, noisy_logits, noise_std, k):
     threshold = jax.lax.top_k(noisy_logits, k)[0][:, -1]  # k-th largest noisy logit of each token
     z = (threshold[:, None] - logits) / noise_std
@@ -180,6 +193,10 @@ def soft_metrics(combine: Float[Array, "T E S"]) -> dict[str, jax.Array]:
 
 
 # ------------------------------------------------------------------------------------------------ MoELayer
+
+
+def _router_dtype(x):
+    return jnp.promote_types(x.dtype, jnp.float32)
 
 
 def _l2_normalize(x, axis):
@@ -299,7 +316,7 @@ class MoELayer(eqx.Module):
 
     def _soft(self, x):
         phi = self.router_weight
-        x32 = x.astype(jnp.float32)
+        x32 = x.astype(_router_dtype(x))
         if self.soft_moe_normalize:  # Puigcerver et al. (2023): l2-normalize tokens and slots, learned scale
             x32 = _l2_normalize(x32, axis=-1)
             phi = self.scale * _l2_normalize(phi, axis=0)
@@ -313,14 +330,15 @@ class MoELayer(eqx.Module):
         return y, aux
 
     def _sparse(self, x, key, inference):
-        # Choice: the router runs in float32 even when the layer computes in bfloat16.
-        logits = x.astype(jnp.float32) @ self.router_weight.astype(jnp.float32)
+        # Choice: the router runs in float32 (or wider) even when the layer computes in bfloat16.
+        dtype = _router_dtype(x)
+        logits = x.astype(dtype) @ self.router_weight.astype(dtype)
         clean_logits = logits
         noisy = self.router == "softmax_token_choice" and not inference and self.noise_std > 0
         if noisy:
             if key is None:
                 raise ValueError("softmax_token_choice needs a key in training (for its noise); pass key=...")
-            logits = logits + self.noise_std * jax.random.normal(key, logits.shape)
+            logits = logits + self.noise_std * jax.random.normal(key, logits.shape, dtype)
         routing, plan_error = sparse_routing(
             self.router,
             logits,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -51,6 +53,18 @@ def sparse_capacity(router: str, num_tokens: int, num_experts: int, factor) -> t
     return slots, 0
 
 
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "router",
+        "slots",
+        "k",
+        "sinkhorn_iters",
+        "sparse_ot_iters",
+        "sparse_ot_learning_rate",
+        "combine_from",
+    ),
+)
 def sparse_routing(
     router: str,
     logits: jax.Array,
@@ -117,10 +131,14 @@ def route(router: str, x, weight, *, factor=1, noise=None):
     if w.shape[0] != width:
         raise ValueError(f"weight (W) must have shape (D, E) with D = {width}, got {w.shape}")
     slots, k = sparse_capacity(router, num_tokens, w.shape[1], factor)
-    logits = x @ w
     if noise is not None:
         noise = float_array("noise", noise, "(T, E)")
-        same_shape("noise", noise, logits.shape, "(T, E)")
-        logits = logits + noise
+        same_shape("noise", noise, (num_tokens, w.shape[1]), "(T, E)")
+    return _dense_route(router, x, w, noise, slots, k)
+
+
+@functools.partial(jax.jit, static_argnames=("router", "slots", "k"))
+def _dense_route(router, x, w, noise, slots, k):
+    logits = x @ w if noise is None else x @ w + noise  # noise: every matrix below sees the noisy logits
     routing, _ = sparse_routing(router, logits, slots, k)
-    return dense_routing(routing, num_tokens)
+    return dense_routing(routing, x.shape[0])

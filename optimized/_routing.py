@@ -8,6 +8,7 @@ result, so what the conformance suite proves of them is proved of the code that 
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -51,9 +52,15 @@ def capacity(num_tokens: int, num_experts: int, factor: float) -> int:
 def softmax_affinity(logits) -> Float[Array, "T E"]:
     """Eq. (6): softmax over experts of (T, E) logits (noise, if any, already added)."""
     logits = float_array("logits", logits, "(T, E)")
+    return _softmax(logits)
+
+
+@jax.jit
+def _softmax(logits):
     return jax.nn.softmax(logits, axis=-1)
 
 
+@functools.partial(jax.jit, static_argnames=("num_iters", "tol"))
 def _sinkhorn(logits: Float[Array, "T E"], num_iters: int, tol: float | None) -> Float[Array, "T E"]:
     num_tokens, num_experts = logits.shape
     log_col = jnp.log(jnp.asarray(num_tokens / num_experts, logits.dtype))
@@ -117,6 +124,7 @@ def _sparse_columns(alpha, utility, slots):
     return b * _project_sorted_simplex(top_values), top_tokens
 
 
+@functools.partial(jax.jit, static_argnames=("slots", "num_iters", "learning_rate"))
 def _sparse_ot(logits, slots: int, num_iters: int, learning_rate: float):
     """Adam on the negative semi-dual; returns the (E, C) columns of the final plan and their tokens."""
     utility = jax.nn.softmax(logits, axis=-1)
@@ -157,9 +165,13 @@ def sparse_ot_affinity(logits, capacity: int, *, num_iters: int = 20, learning_r
     return _dense_plan(values, tokens, logits.shape[0])
 
 
+_dense_plan = jax.jit(_dense_plan, static_argnames=("num_tokens",))
+
+
 # ---------------------------------------------------------------------------------------------- allocation
 
 
+@functools.partial(jax.jit, static_argnames=("slots", "k"))
 def token_choice_routing(scores: Float[Array, "T E"], slots: int, k: int, weights=None) -> Routing:
     """Algorithm 1 without a loop over tokens.
 
@@ -173,7 +185,7 @@ def token_choice_routing(scores: Float[Array, "T E"], slots: int, k: int, weight
     weights = scores if weights is None else weights
     _, choices = jax.lax.top_k(scores, k)  # (T, k); ties: lower expert index first
     expert = choices.T.reshape(-1)  # (k T,), choice-major
-    token = jnp.tile(jnp.arange(num_tokens), k)
+    token = jnp.tile(jnp.arange(num_tokens, dtype=jnp.int32), k)
     requests = jax.nn.one_hot(expert, num_experts, dtype=jnp.int32)  # (k T, E)
     position = jnp.sum(jnp.cumsum(requests, axis=0) * requests, axis=1) - 1
     slot = jnp.where(position < slots, position, slots)  # slot C is out of range: the request is dropped
@@ -182,6 +194,7 @@ def token_choice_routing(scores: Float[Array, "T E"], slots: int, k: int, weight
     return Routing(token_index, weight, token_index < num_tokens)
 
 
+@functools.partial(jax.jit, static_argnames=("slots",))
 def expert_choice_routing(scores: Float[Array, "T E"], slots: int, weights=None) -> Routing:
     """Algorithm 2: each expert takes its C best tokens by score (ties: lower token index first)."""
     weights = scores if weights is None else weights
@@ -190,6 +203,7 @@ def expert_choice_routing(scores: Float[Array, "T E"], slots: int, weights=None)
     return Routing(token_index.astype(jnp.int32), weight, jnp.ones(token_index.shape, bool))
 
 
+@functools.partial(jax.jit, static_argnames=("num_tokens",))
 def dense_routing(routing: Routing, num_tokens: int) -> tuple[Float[Array, "T E C"], Float[Array, "T E C"]]:
     """The (T, E, C) dispatch and combine tensors of a compact ``Routing`` (for checking, not for training)."""
     dispatch = jax.nn.one_hot(routing.token_index, num_tokens, dtype=routing.weight.dtype)  # (E, C, T)
@@ -229,11 +243,13 @@ def expert_choice_allocation(scores, capacity: int, weights=None):
 # ------------------------------------------------------------------------------------------------- Soft MoE
 
 
+@jax.jit
 def soft_moe_logits(x: Float[Array, "T D"], phi: Float[Array, "D E S"]) -> Float[Array, "T E S"]:
     """Eq. (10): ``Z[t, r, c] = x[t] . phi[:, r, c]``."""
     return jnp.einsum("td,des->tes", x, phi)
 
 
+@jax.jit
 def soft_moe_tensors(logits: Float[Array, "T E S"]):
     """Eq. (11): dispatch is a softmax over tokens, combine a softmax over all E * S slots of a token."""
     num_tokens = logits.shape[0]
