@@ -1,0 +1,78 @@
+"""Comparison helpers and the one tolerance table of the suite."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# One table, by the dtype of the implementation's output. float64 implementations are held to what
+# float64 arithmetic in a different order can differ by; float32 ones to float32 rounding through a few
+# dozen operations (softmax, 20 Sinkhorn or Adam iterations, two matmuls).
+TOLERANCES = {
+    np.dtype(np.float64): {"rtol": 1e-9, "atol": 1e-10},
+    np.dtype(np.float32): {"rtol": 1e-4, "atol": 1e-5},
+    np.dtype(np.float16): {"rtol": 1e-2, "atol": 1e-2},
+}
+# Scores closer than this (relative to their size) count as tied when a computed matrix decides a choice.
+TIE_MARGIN = {np.dtype(np.float64): 1e-9, np.dtype(np.float32): 1e-4, np.dtype(np.float16): 1e-2}
+
+
+def host(value) -> np.ndarray:
+    """Any array-like (NumPy, JAX, PyTorch on CPU) as a NumPy array."""
+    if hasattr(value, "detach"):  # torch
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def tolerance(actual) -> dict:
+    dtype = host(actual).dtype
+    return TOLERANCES.get(dtype, TOLERANCES[np.dtype(np.float32)])
+
+
+def margin(actual) -> float:
+    return TIE_MARGIN.get(host(actual).dtype, TIE_MARGIN[np.dtype(np.float32)])
+
+
+def assert_close(what: str, actual, expected, scale: float = 1.0) -> None:
+    """``actual`` equals ``expected`` within the tolerance of ``actual``'s dtype (times ``scale``)."""
+    a = host(actual)
+    e = np.asarray(expected, dtype=np.float64)
+    if a.shape != e.shape:
+        raise AssertionError(f"{what}: shape {a.shape}, expected {e.shape}")
+    tol = tolerance(a)
+    a64 = a.astype(np.float64)
+    bad = ~np.isclose(a64, e, rtol=tol["rtol"] * scale, atol=tol["atol"] * scale)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {a.size} entries differ beyond rtol={tol['rtol'] * scale:g}, "
+            f"atol={tol['atol'] * scale:g} ({a.dtype}); max abs difference {np.abs(a64 - e).max():.3g}; "
+            f"first at {first}: got {a64[first]!r}, expected {e[first]!r}"
+        )
+
+
+def assert_equal(what: str, actual, expected) -> None:
+    a, e = host(actual), np.asarray(expected)
+    if a.shape != e.shape:
+        raise AssertionError(f"{what}: shape {a.shape}, expected {e.shape}")
+    if not np.array_equal(a.astype(np.float64), e.astype(np.float64)):
+        diff = np.argwhere(a.astype(np.float64) != e.astype(np.float64))
+        first = tuple(int(i) for i in diff[0])
+        raise AssertionError(
+            f"{what}: {len(diff)} entries differ; first at {first}: got {a[first]!r}, expected {e[first]!r}"
+        )
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise AssertionError(message)
+
+
+def stable_ranking(scores: np.ndarray, axis: int) -> np.ndarray:
+    """Indices by decreasing score along ``axis``, the lower index first among equal scores."""
+    return np.argsort(-scores, axis=axis, kind="stable")
+
+
+def min_gap(values: np.ndarray) -> float:
+    """Smallest difference between consecutive sorted values (inf for fewer than two)."""
+    v = np.sort(values)
+    return float(np.min(np.diff(v))) if v.size > 1 else float("inf")

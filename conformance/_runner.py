@@ -1,0 +1,183 @@
+"""Runs the properties against an implementation with Hypothesis and collects one outcome per (property, router)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import sys
+import time
+import types
+
+import hypothesis
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis.errors import Unsatisfiable
+from hypothesis.reporting import with_reporter
+
+from ._properties import PROPERTIES, ROUTERS, Context, Property
+from ._recorder import Recorder
+
+PROFILES = {
+    # Fast feedback while developing.
+    "dev": settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck)),
+    # What the README's test command runs: the same examples on every run, no timing-based failures.
+    "ci": settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck),
+                   database=None),
+    # `tox -e conformance`: many more examples, random each run.
+    "thorough": settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck)),
+}  # fmt: skip
+for _name, _profile in PROFILES.items():
+    settings.register_profile(f"conformance-{_name}", _profile)
+
+
+@dataclasses.dataclass
+class Outcome:
+    property: str
+    group: str
+    router: str  # "-" for router-independent properties
+    status: str  # "passed", "failed", "n/a"
+    examples: int = 0
+    message: str = ""
+    counterexample: str = ""
+    snippet: str = ""
+    seconds: float = 0.0
+
+
+def load(name_or_module) -> types.ModuleType:
+    if isinstance(name_or_module, types.ModuleType):
+        return name_or_module
+    try:
+        return importlib.import_module(name_or_module)
+    except ImportError as err:
+        raise SystemExit(f"cannot import the implementation {name_or_module!r}: {err}") from err
+
+
+def _precision_context(impl: types.ModuleType, dtype: str):
+    """float64: let a JAX implementation compute in float64 (the suite's inputs are float64 arrays)."""
+    if dtype == "float64" and "jax" in sys.modules:
+        import jax
+
+        return jax.enable_x64(True)
+    return contextlib.nullcontext()
+
+
+def run_property(prop: Property, router: str | None, impl, ref, profile: str) -> Outcome:
+    label = router or "-"
+    if prop.needs and not hasattr(impl, prop.needs):
+        return Outcome(prop.name, prop.group, label, "n/a", message=f"the implementation has no {prop.needs}")
+    recorder = Recorder()
+    ctx = Context(recorder.wrap(impl, "impl"), recorder.wrap(ref, "ref"), impl, ref)
+    count = 0
+
+    def body(case):
+        nonlocal count
+        count += 1
+        recorder.clear()
+        prop.check(ctx, case, router)
+
+    test = given(prop.strategy(router))(body)
+    for case in prop.examples:
+        test = example(case)(test)
+    test = PROFILES[profile](test)
+    reports: list[str] = []
+    try:
+        with with_reporter(reports.append):
+            test()
+    except Unsatisfiable as err:
+        return Outcome(prop.name, prop.group, label, "failed", count, f"too many cases discarded: {err}")
+    except Exception as err:  # noqa: BLE001 - any exception is a failure of the implementation
+        modules = {"impl": impl.__name__, "ref": ref.__name__}
+        return Outcome(
+            prop.name, prop.group, label, "failed", count, f"{type(err).__name__}: {err}",
+            "\n".join(str(r) for r in reports), recorder.snippet(modules),
+        )  # fmt: skip
+    return Outcome(prop.name, prop.group, label, "passed", count)
+
+
+def run(
+    impl="optimized",
+    ref="reference",
+    *,
+    profile: str = "ci",
+    routers: tuple[str, ...] | None = None,
+    properties: tuple[str, ...] | None = None,
+    dtype: str = "float64",
+    fail_fast: bool = False,
+    progress=None,
+) -> list[Outcome]:
+    """Check ``impl`` against ``ref``; returns an outcome per (property, router).
+
+    ``routers`` narrows the router-specific properties (router-independent ones always run unless
+    ``properties`` names a subset). ``progress(done, total, label)`` is called before each property.
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {', '.join(PROFILES)}; got {profile!r}")
+    routers = tuple(routers or ROUTERS)
+    for r in routers:
+        if r not in ROUTERS:
+            raise ValueError(f"router must be one of {', '.join(ROUTERS)}; got {r!r}")
+    known = {p.name for p in PROPERTIES}
+    for name in properties or ():
+        if name not in known:
+            raise ValueError(f"unknown property {name!r}; known: {', '.join(sorted(known))}")
+    impl, ref = load(impl), load(ref)
+    jobs = []
+    for prop in PROPERTIES:
+        if properties and prop.name not in properties:
+            continue
+        for router in [None] if prop.routers is None else [r for r in prop.routers if r in routers]:
+            jobs.append((prop, router))
+    outcomes = []
+    with _precision_context(impl, dtype):
+        for i, (prop, router) in enumerate(jobs):
+            if progress:
+                progress(i, len(jobs), f"{prop.name} {router or ''}".strip())
+            start = time.perf_counter()
+            outcomes.append(run_property(prop, router, impl, ref, profile))
+            outcomes[-1].seconds = time.perf_counter() - start
+            if fail_fast and outcomes[-1].status == "failed":
+                break
+    if progress:
+        progress(len(jobs), len(jobs), "done")
+    return outcomes
+
+
+def table(outcomes: list[Outcome]) -> str:
+    """Markdown table: one row per property, one column per router ("-": router-independent)."""
+    columns = ["-", *ROUTERS]
+    present = [c for c in columns if any(o.router == c for o in outcomes)]
+    short = {"-": "any", **{r: r.replace("_expert_choice", " EC").replace("_token_choice", " TC") for r in ROUTERS}}
+    lines = ["| property | " + " | ".join(short[c] for c in present) + " |", "|---" * (len(present) + 1) + "|"]
+    rows: dict[str, dict[str, Outcome]] = {}
+    for o in outcomes:
+        rows.setdefault(o.property, {})[o.router] = o
+    for name, cells in rows.items():
+        rendered = []
+        for c in present:
+            o = cells.get(c)
+            if o is None:
+                rendered.append("")
+            elif o.status == "passed":
+                rendered.append(f"passed ({o.examples})")
+            elif o.status == "n/a":
+                rendered.append("n/a")
+            else:
+                rendered.append(f"**FAILED** ({o.examples})")
+        lines.append(f"| {name} | " + " | ".join(rendered) + " |")
+    return "\n".join(lines)
+
+
+def failure_report(outcomes: list[Outcome]) -> str:
+    parts = []
+    for o in outcomes:
+        if o.status != "failed":
+            continue
+        parts.append(f"### {o.property} [{o.router}] failed after {o.examples} example(s)\n\n{o.message}\n")
+        if o.counterexample:
+            parts.append("Shrunk counterexample (Hypothesis):\n\n" + o.counterexample + "\n")
+        if o.snippet:
+            parts.append("Reproduce with:\n\n```python\n" + o.snippet + "\n```\n")
+    return "\n".join(parts)
+
+
+__all__ = ["PROFILES", "Outcome", "failure_report", "hypothesis", "run", "table"]

@@ -1,0 +1,81 @@
+"""Hypothesis strategies: small fixed shapes and values on a dyadic grid.
+
+Why a grid: every value is a multiple of 1/16 (scores) or 1/8 (tokens and weights) of modest size, so it is
+exactly representable in float32 and float64, and ``x @ W`` is computed exactly in both. Two values are then
+either exactly equal (a tie both implementations see identically, decided by the documented tie rule) or at
+least 1/64 apart (a gap no rounding can close). Where a computed matrix (a Sinkhorn or sparse-OT plan) decides
+a discrete choice, the comparison is tie-robust instead; see ``_properties``.
+
+Shapes come from a small fixed set: each new shape is a recompilation for a jit-compiled implementation.
+"""
+
+from __future__ import annotations
+
+import hypothesis.strategies as st
+import numpy as np
+
+# (T, E) pairs: T tokens in the group, E experts; T/E is not always an integer.
+SHAPES = ((8, 2), (12, 3), (10, 4), (24, 6))
+WIDTHS = (3,)
+HIDDEN = 4
+
+
+def grid_matrix(shape, *, step=1 / 16, bound=4.0):
+    """Arrays of the given shape with entries in {-bound, ..., bound} on a grid of ``step``."""
+    levels = int(round(bound / step))
+    size = int(np.prod(shape))
+    return st.lists(st.integers(-levels, levels), min_size=size, max_size=size).map(
+        lambda v: (np.array(v, dtype=np.float64) * step).reshape(shape)
+    )
+
+
+def distinct_matrix(shape):
+    """Arrays whose entries are all distinct (a permutation of grid levels): no ties anywhere."""
+    size = int(np.prod(shape))
+    return st.permutations(range(size)).map(lambda p: ((np.array(p, np.float64) - size / 2) / 16).reshape(shape))
+
+
+def capacities(tokens: int, experts: int):
+    """A few capacities per shape (each is a recompilation for jit): 1, about T/E and 2T/E, and T."""
+    return st.sampled_from(sorted({1, max(1, tokens // experts), max(1, 2 * tokens // experts), tokens}))
+
+
+@st.composite
+def scores_case(draw, *, distinct=False):
+    """A (T, E) score matrix, separate combine weights, and a capacity; grid values (ties possible) or distinct."""
+    tokens, experts = draw(st.sampled_from(SHAPES))
+    matrix = distinct_matrix if distinct else grid_matrix
+    scores = draw(matrix((tokens, experts)))
+    weights = draw(grid_matrix((tokens, experts)))
+    slots = draw(capacities(tokens, experts))
+    k = draw(st.integers(1, min(3, experts)))
+    return {"scores": scores, "weights": weights, "capacity": slots, "k": k}
+
+
+@st.composite
+def logits_case(draw):
+    tokens, experts = draw(st.sampled_from(SHAPES))
+    return {"logits": draw(grid_matrix((tokens, experts), bound=3.0)), "capacity": draw(capacities(tokens, experts))}
+
+
+@st.composite
+def route_case(draw, router: str):
+    """Tokens x (T, D), router weights W (D, E) or phi (D, E, S), a factor, and expert MLP parameters."""
+    tokens, experts = draw(st.sampled_from(SHAPES))
+    width = draw(st.sampled_from(WIDTHS))
+    x = draw(grid_matrix((tokens, width), step=1 / 8, bound=2.0))
+    if router == "soft_moe":
+        slots = draw(st.integers(1, 3))
+        weight = draw(grid_matrix((width, experts, slots), step=1 / 8, bound=1.0))
+        factor = 1
+    else:
+        weight = draw(grid_matrix((width, experts), step=1 / 8, bound=1.0))
+        if router.endswith("token_choice"):
+            factor = draw(st.integers(1, min(2, experts)))
+        else:
+            factor = draw(st.sampled_from((1, 2)))
+    experts_params = tuple(
+        draw(grid_matrix(shape, step=1 / 8, bound=1.0))
+        for shape in ((experts, width, HIDDEN), (experts, HIDDEN), (experts, HIDDEN, width), (experts, width))
+    )
+    return {"router": router, "x": x, "weight": weight, "factor": factor, "experts": experts_params}

@@ -1,0 +1,20 @@
+"""Deliberately broken implementations: the conformance suite must report every one of them as failing.
+
+Each module here is ``reference`` with one bug, of the kind a port is likely to have. ``MUTANTS`` lists
+their module names; ``tests/test_conformance.py`` runs the suite (``ci`` profile) on each and asserts it
+fails. Run one by hand: ``python -m conformance --impl conformance.mutants.ties_to_higher_index``.
+"""
+
+MUTANTS = (
+    "ties_to_higher_index",
+    "capacity_off_by_one",
+    "softmax_over_tokens",
+    "sinkhorn_plan_combine",
+    "token_order_reversed",
+    "token_major_order",
+    "soft_moe_combine_per_expert",
+    "sinkhorn_rows_first",
+    "load_loss_wrong_threshold",
+    "sparse_ot_without_bias_correction",
+    "combine_without_weights",
+)

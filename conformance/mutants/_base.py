@@ -1,0 +1,54 @@
+"""Building blocks of the mutants: the reference's functions, one of them broken on purpose.
+
+A mutant is a module exposing the spec's API, identical to ``reference`` except for one deliberate bug.
+``route`` is rebuilt from the module's own pieces, so a broken allocation or affinity reaches it too.
+"""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+
+import reference
+
+API = (
+    "ROUTERS", "capacity", "softmax_affinity", "sinkhorn_affinity", "sparse_ot_affinity", "token_choice_allocation",
+    "expert_choice_allocation", "soft_moe_routing", "route", "mlp_experts", "moe_layer", "importance_loss",
+    "load_loss",
+)  # fmt: skip
+
+
+def build(name: str, doc: str, *, sinkhorn_combine: str = "softmax", **overrides) -> types.ModuleType:
+    module = types.ModuleType(f"conformance.mutants.{name}", doc)
+    for api in API:
+        setattr(module, api, getattr(reference, api))
+    for key, value in overrides.items():
+        setattr(module, key, value)
+    if "route" not in overrides:
+        module.route = _route_from(module, sinkhorn_combine)
+    return module
+
+
+def _route_from(ns, sinkhorn_combine):
+    def route(router, x, weight, *, factor=1, noise=None):
+        reference.route(router, x, weight, factor=factor, noise=noise)  # the spec's validation
+        x, weight = np.asarray(x, np.float64), np.asarray(weight, np.float64)
+        if router == "soft_moe":
+            return ns.soft_moe_routing(x, weight)
+        logits = x @ weight + (0 if noise is None else np.asarray(noise, np.float64))
+        slots = ns.capacity(x.shape[0], weight.shape[1], factor)
+        softmax = ns.softmax_affinity(logits)
+        if router == "softmax_token_choice":
+            return ns.token_choice_allocation(softmax, slots, factor)
+        if router == "softmax_expert_choice":
+            return ns.expert_choice_allocation(softmax, slots)
+        if router == "sparsity_constrained_expert_choice":
+            return ns.expert_choice_allocation(ns.sparse_ot_affinity(logits, slots), slots, weights=softmax)
+        plan = ns.sinkhorn_affinity(logits)
+        weights = plan if sinkhorn_combine == "plan" else softmax
+        if router == "sinkhorn_token_choice":
+            return ns.token_choice_allocation(plan, slots, factor, weights=weights)
+        return ns.expert_choice_allocation(plan, slots, weights=weights)
+
+    return route
