@@ -399,7 +399,9 @@ def capacity_function(ctx, case, router):
 
 @prop("equivalence", lambda r: logits_case())
 def softmax_affinity_equivalence(ctx, case, router):
-    assert_close("softmax_affinity", ctx.impl.softmax_affinity(case["logits"]), ctx.ref.softmax_affinity(case["logits"]))
+    assert_close(
+        "softmax_affinity", ctx.impl.softmax_affinity(case["logits"]), ctx.ref.softmax_affinity(case["logits"])
+    )
 
 
 @prop(
@@ -412,7 +414,10 @@ def sinkhorn_affinity_equivalence(ctx, case, router):
     logits = lc["logits"]
     if tol is not None:  # an error within rounding of ``tol`` would let a float decide when to stop
         t, e = logits.shape
-        errors = [np.abs(ctx.ref_raw.sinkhorn_affinity(logits, num_iters=n).sum(0) - t / e).max() for n in range(1, num_iters + 1)]
+        errors = [
+            np.abs(ctx.ref_raw.sinkhorn_affinity(logits, num_iters=n).sum(0) - t / e).max()
+            for n in range(1, num_iters + 1)
+        ]
         assume(all(abs(err - tol) > 1e-3 * tol for err in errors))
     assert_close(
         f"sinkhorn_affinity(num_iters={num_iters}, tol={tol})",
@@ -449,7 +454,10 @@ def expert_choice_allocation_equivalence(ctx, case, router):
 
 @prop("equivalence", lambda r: route_case("soft_moe"))
 def soft_moe_routing_equivalence(ctx, case, router):
-    (d, c), (rd, rc) = ctx.impl.soft_moe_routing(case["x"], case["weight"]), ctx.ref.soft_moe_routing(case["x"], case["weight"])
+    (d, c), (rd, rc) = (
+        ctx.impl.soft_moe_routing(case["x"], case["weight"]),
+        ctx.ref.soft_moe_routing(case["x"], case["weight"]),
+    )
     assert_close("soft_moe_routing dispatch", d, rd)
     assert_close("soft_moe_routing combine", c, rc)
 
@@ -533,7 +541,8 @@ BAD_CALLS = {
     "noise for soft_moe": lambda m: m.route("soft_moe", _X, np.ones((3, 2, 1)), noise=np.ones((4, 2))),
     "mismatched combine": lambda m: m.moe_layer(_X, np.ones((4, 2, 1)), np.ones((4, 2, 2)), m.mlp_experts(
         np.ones((2, 3, 4)), np.ones((2, 4)), np.ones((2, 4, 3)), np.ones((2, 3)))),
-    "b1 of the wrong shape": lambda m: m.mlp_experts(np.ones((2, 3, 4)), np.ones((2, 5)), np.ones((2, 4, 3)), np.ones((2, 3))),
+    "b1 of the wrong shape": lambda m: m.mlp_experts(
+        np.ones((2, 3, 4)), np.ones((2, 5)), np.ones((2, 4, 3)), np.ones((2, 3))),
     "zero importance": lambda m: m.importance_loss(np.zeros((2, 2))),
     "noise_std 0": lambda m: m.load_loss(_GOOD, _GOOD, 0.0, 1),
 }  # fmt: skip

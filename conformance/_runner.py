@@ -10,22 +10,25 @@ import time
 import types
 
 import hypothesis
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis.errors import Unsatisfiable
 from hypothesis.reporting import with_reporter
 
 from ._properties import PROPERTIES, ROUTERS, Context, Property
 from ._recorder import Recorder
 
+# Shrinking is on (a failure is reported with a small counterexample); Hypothesis's "explain" phase, which
+# traces every line while shrinking, is off: it made a single failure take minutes.
+PHASES = (Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink)
+_COMMON = {"deadline": None, "suppress_health_check": list(HealthCheck), "phases": PHASES}
 PROFILES = {
     # Fast feedback while developing.
-    "dev": settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck)),
+    "dev": settings(max_examples=10, **_COMMON),
     # What the README's test command runs: the same examples on every run, no timing-based failures.
-    "ci": settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck),
-                   database=None),
+    "ci": settings(max_examples=25, derandomize=True, database=None, **_COMMON),
     # `tox -e conformance`: many more examples, random each run.
-    "thorough": settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck)),
-}  # fmt: skip
+    "thorough": settings(max_examples=400, **_COMMON),
+}
 for _name, _profile in PROFILES.items():
     settings.register_profile(f"conformance-{_name}", _profile)
 
@@ -61,7 +64,7 @@ def _precision_context(impl: types.ModuleType, dtype: str):
     return contextlib.nullcontext()
 
 
-def run_property(prop: Property, router: str | None, impl, ref, profile: str) -> Outcome:
+def run_property(prop: Property, router: str | None, impl, ref, profile: str, shrink: bool = True) -> Outcome:
     label = router or "-"
     if prop.needs and not hasattr(impl, prop.needs):
         return Outcome(prop.name, prop.group, label, "n/a", message=f"the implementation has no {prop.needs}")
@@ -78,14 +81,17 @@ def run_property(prop: Property, router: str | None, impl, ref, profile: str) ->
     test = given(prop.strategy(router))(body)
     for case in prop.examples:
         test = example(case)(test)
-    test = PROFILES[profile](test)
+    chosen = PROFILES[profile]
+    if not shrink:
+        chosen = settings(chosen, phases=[p for p in PHASES if p is not Phase.shrink])
+    test = chosen(test)
     reports: list[str] = []
     try:
         with with_reporter(reports.append):
             test()
     except Unsatisfiable as err:
         return Outcome(prop.name, prop.group, label, "failed", count, f"too many cases discarded: {err}")
-    except Exception as err:  # noqa: BLE001 - any exception is a failure of the implementation
+    except Exception as err:
         modules = {"impl": impl.__name__, "ref": ref.__name__}
         return Outcome(
             prop.name, prop.group, label, "failed", count, f"{type(err).__name__}: {err}",
@@ -103,12 +109,14 @@ def run(
     properties: tuple[str, ...] | None = None,
     dtype: str = "float64",
     fail_fast: bool = False,
+    shrink: bool = True,
     progress=None,
 ) -> list[Outcome]:
     """Check ``impl`` against ``ref``; returns an outcome per (property, router).
 
     ``routers`` narrows the router-specific properties (router-independent ones always run unless
-    ``properties`` names a subset). ``progress(done, total, label)`` is called before each property.
+    ``properties`` names a subset). ``fail_fast`` stops at the first failure; ``shrink=False`` reports the
+    first failing example without minimizing it. ``progress(done, total, label)`` is called before each.
     """
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {', '.join(PROFILES)}; got {profile!r}")
@@ -133,7 +141,7 @@ def run(
             if progress:
                 progress(i, len(jobs), f"{prop.name} {router or ''}".strip())
             start = time.perf_counter()
-            outcomes.append(run_property(prop, router, impl, ref, profile))
+            outcomes.append(run_property(prop, router, impl, ref, profile, shrink))
             outcomes[-1].seconds = time.perf_counter() - start
             if fail_fast and outcomes[-1].status == "failed":
                 break

@@ -22,7 +22,7 @@ HIDDEN = 4
 
 def grid_matrix(shape, *, step=1 / 16, bound=4.0):
     """Arrays of the given shape with entries in {-bound, ..., bound} on a grid of ``step``."""
-    levels = int(round(bound / step))
+    levels = round(bound / step)
     size = int(np.prod(shape))
     return st.lists(st.integers(-levels, levels), min_size=size, max_size=size).map(
         lambda v: (np.array(v, dtype=np.float64) * step).reshape(shape)

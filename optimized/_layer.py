@@ -150,6 +150,7 @@ METRIC_NAMES = (
     "plan_error",  # OT routers: the plan's marginal error (see sparse_routing); 0 otherwise
     "importance_loss",
     "load_loss",
+    "expert_load",  # (E,) fraction of each expert's slots holding a token (Soft MoE: 1)
 )
 
 
@@ -173,6 +174,7 @@ def routing_metrics(routing: Routing, num_tokens: int) -> dict[str, jax.Array]:
         "load_cv": jnp.std(per_expert) / jnp.maximum(jnp.mean(per_expert), 1e-9),
         "combine_weight_min": jnp.where(any_valid, jnp.min(jnp.where(valid, weight, jnp.inf)), 0.0),
         "combine_weight_max": jnp.where(any_valid, jnp.max(jnp.where(valid, weight, -jnp.inf)), 0.0),
+        "expert_load": jnp.mean(valid, axis=1).astype(jnp.float32),
     }
 
 
@@ -189,6 +191,7 @@ def soft_metrics(combine: Float[Array, "T E S"]) -> dict[str, jax.Array]:
         "load_cv": jnp.zeros(()),
         "combine_weight_min": jnp.min(combine),
         "combine_weight_max": jnp.max(combine),
+        "expert_load": jnp.ones(num_experts),
     }
 
 

@@ -193,8 +193,8 @@ class _Block(eqx.Module):
         groups = h.reshape(b // self.group_images, self.group_images * n, d)
         keys = jax.random.split(key, groups.shape[0])
         y, aux = jax.vmap(lambda g, k: self.moe(g, key=k, inference=inference))(groups, keys)
-        metrics = {
-            name: (jnp.min if name.endswith("_min") else jnp.max if name.endswith("_max") else jnp.mean)(value)
+        metrics = {  # over the groups: min of minima, max of maxima, mean of the rest
+            name: (jnp.min if name.endswith("_min") else jnp.max if name.endswith("_max") else jnp.mean)(value, axis=0)
             for name, value in aux.items()
         }
         return x + y.reshape(b, n, d).astype(jnp.float32), metrics
@@ -283,6 +283,7 @@ class ViTMoE(eqx.Module):
         pooled = x[:, 0] if self.config.pool == "cls" else x.mean(axis=1)
         if metrics is None:  # the dense baseline
             metrics = {name: jnp.zeros((0,)) for name in (*METRIC_NAMES, "loss")}
+            metrics["expert_load"] = jnp.zeros((0, self.config.num_experts))
         aux = {"loss": jnp.sum(metrics.pop("loss")), "moe": metrics}
         return pooled, aux
 

@@ -40,6 +40,7 @@ def test_metrics_mean_what_they_say():
     assert float(m["slot_fill"]) == 0.75  # 3 of 4 slots
     assert float(m["load_cv"]) == pytest.approx(1 / 3)  # loads [2, 1]: std 0.5 / mean 1.5
     assert (float(m["combine_weight_min"]), float(m["combine_weight_max"])) == (0.25, 0.75)
+    np.testing.assert_array_equal(m["expert_load"], [1.0, 0.5])  # slots filled: 2 of 2, 1 of 2
 
 
 @pytest.mark.parametrize("router", R.ROUTERS)
@@ -146,6 +147,7 @@ def test_vit_moe_layout_dtypes_and_metrics():
     logits, aux = model(images, key=jax.random.key(2))
     assert logits.shape == (4, 4) and logits.dtype == jnp.float32
     assert set(aux["moe"]) == set(O.METRIC_NAMES) and aux["moe"]["slot_fill"].shape == (2,)  # blocks 1 and 3
+    assert aux["moe"]["expert_load"].shape == (2, config.num_experts)
     features, _ = model.features(images)
     assert features.shape == (4, 32)
     bf16 = O.ViTMoE(config.replace(dtype="bfloat16"), key=jax.random.key(0))

@@ -1,0 +1,47 @@
+"""The conformance suite: the JAX backend passes it, every deliberately broken implementation fails it."""
+
+import subprocess
+import sys
+
+import pytest
+
+import conformance
+from conformance.mutants import MUTANTS
+
+
+def test_optimized_conforms_to_the_reference():
+    outcomes = conformance.run("optimized", "reference", profile="ci")
+    failed = [o for o in outcomes if o.status != "passed"]
+    assert not failed, conformance.failure_report(outcomes) + "\n".join(f"{o.property}: {o.status}" for o in failed)
+    assert len(outcomes) >= 40 and all(o.examples >= 10 for o in outcomes)
+
+
+def test_reference_conforms_to_itself():
+    outcomes = conformance.run("reference", "reference", profile="dev")
+    assert [o for o in outcomes if o.status == "failed"] == []
+    # Only the layer-module property needs a trainable layer class, which the reference does not have.
+    assert {o.property for o in outcomes if o.status == "n/a"} == {"moe_layer_module_matches_reference"}
+
+
+@pytest.mark.parametrize("mutant", MUTANTS)
+def test_the_suite_kills_every_mutant(mutant):
+    outcomes = conformance.run(f"conformance.mutants.{mutant}", "reference", profile="ci", fail_fast=True, shrink=False)
+    assert any(o.status == "failed" for o in outcomes), f"the ci profile does not catch {mutant}"
+
+
+def test_cli_prints_table_counterexample_snippet_and_fails():
+    result = subprocess.run(
+        [sys.executable, "-m", "conformance", "--impl", "conformance.mutants.capacity_off_by_one",
+         "--profile", "dev", "--property", "capacity_function"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "| capacity_function | **FAILED**" in result.stdout
+    assert "Reproduce with:" in result.stdout and "impl.capacity(" in result.stdout
+
+
+def test_cli_rejects_unknown_router():
+    result = subprocess.run(
+        [sys.executable, "-m", "conformance", "--router", "hash"], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 2 and "invalid choice: 'hash'" in result.stderr

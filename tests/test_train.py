@@ -1,0 +1,158 @@
+"""Training runs: smoke, exact resume, 4-device equivalence, refusals, NaN handling, configs and the CLI."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import equinox as eqx
+import jax
+import numpy as np
+import pytest
+
+import train
+from train import checkpoint
+from train.config import override, resolve
+from train.loop import ConfigMismatchError, NonFiniteLossError, load_data
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return resolve("tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tiny):
+    return load_data(tiny)
+
+
+def saved_params(workdir, config):
+    from optimized import ViTMoE
+    from train.loop import make_optimizer
+
+    model = ViTMoE(config.model, key=jax.random.key(0))
+    opt_state = make_optimizer(config)[0].init(eqx.filter(model, eqx.is_array))
+    return checkpoint.restore(checkpoint.latest(workdir), (model, opt_state))
+
+
+def test_one_step_then_resume_to_two(tmp_path, tiny, tiny_data):
+    config = tiny.replace(steps=2, checkpoint_every=1, eval_every=1)
+    out = train.train_and_evaluate(config, tmp_path, stop_after=1, progress=False, dataset=tiny_data)
+    assert out == {"step": 1, "stopped_early": True}
+    assert checkpoint.latest(tmp_path)["step"] == 1
+    summary = train.train_and_evaluate(config, tmp_path, progress=False, dataset=tiny_data)
+    assert checkpoint.latest(tmp_path)["step"] == 2
+    assert 0 <= summary["test_accuracy"] <= 1 and 0 <= summary["fewshot_accuracy"] <= 1
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert json.loads((tmp_path / "config.json").read_text()) == json.loads(config.to_json())
+    assert (tmp_path / "plots" / "curves.png").stat().st_size > 0
+    assert (tmp_path / "plots" / "experts.png").stat().st_size > 0
+    assert len(summary["moe_layers"]) == 1 and summary["moe_layers"][0]["block"] == 1
+
+
+def test_resume_continues_exactly(tmp_path, tiny, tiny_data):
+    config = tiny.replace(steps=6, checkpoint_every=3, eval_every=6, log_every=1)
+    train.train_and_evaluate(config, tmp_path / "interrupted", stop_after=3, progress=False, dataset=tiny_data)
+    train.train_and_evaluate(config, tmp_path / "interrupted", progress=False, dataset=tiny_data)
+    train.train_and_evaluate(config, tmp_path / "straight", progress=False, dataset=tiny_data)
+    a = jax.tree_util.tree_leaves(saved_params(tmp_path / "interrupted", config))
+    b = jax.tree_util.tree_leaves(saved_params(tmp_path / "straight", config))
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    log = lambda d: [json.loads(line) for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert [r["loss"] for r in log("interrupted")] == [r["loss"] for r in log("straight")]
+
+
+def test_a_different_config_is_refused(tmp_path, tiny, tiny_data):
+    train.train_and_evaluate(tiny.replace(steps=1), tmp_path, progress=False, dataset=tiny_data)
+    with pytest.raises(ConfigMismatchError, match=r"different config.*learning_rate: 0.003 -> 0.01"):
+        train.train_and_evaluate(tiny.replace(steps=1, learning_rate=0.01), tmp_path, progress=False)
+
+
+def test_corrupted_checkpoint_is_detected_not_loaded(tmp_path, tiny, tiny_data):
+    config = tiny.replace(steps=2, checkpoint_every=1)
+    train.train_and_evaluate(config, tmp_path, stop_after=1, progress=False, dataset=tiny_data)
+    path = checkpoint.latest(tmp_path)["path"]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(checkpoint.CorruptCheckpointError, match=r"step_00000001.eqx does not match its recorded SHA"):
+        train.train_and_evaluate(config, tmp_path, progress=False, dataset=tiny_data)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny, tiny_data):
+    config = tiny.replace(steps=4, checkpoint_every=2)
+    train.train_and_evaluate(config, tmp_path, stop_after=2, progress=False, dataset=tiny_data)
+    poisoned = dataclasses.replace(tiny_data, train_images=np.full_like(tiny_data.train_images, np.nan))
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 3.*last good checkpoint \(step 2\)"):
+        train.train_and_evaluate(config, tmp_path, progress=False, dataset=poisoned)
+    assert checkpoint.latest(tmp_path)["step"] == 2
+
+
+def test_four_simulated_devices_give_the_same_loss_as_one(tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import json, jax, train
+        config = train.resolve("tiny").replace(steps=3, log_every=1, eval_every=3)
+        train.train_and_evaluate(config, {str(tmp_path)!r} + f"/d{{jax.device_count()}}", progress=False)
+        """
+    )
+    for devices in (1, 4):
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+        subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=600, capture_output=True)
+    losses = {
+        d: [json.loads(line)["loss"] for line in (tmp_path / f"d{d}" / "metrics.jsonl").read_text().splitlines()]
+        for d in (1, 4)
+    }
+    assert len(losses[1]) == 3
+    np.testing.assert_allclose(losses[4], losses[1], rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        ({"preset_name": "imagenet"}, r"unknown preset 'imagenet'; valid presets: digits, synthetic"),
+        ({"router": "switch"}, r"unknown router 'switch'; valid routers: softmax_token_choice"),
+        ({"overrides": ("model.widht=3",)}, r"model.widht: unknown key; valid keys: model.image_size"),
+        ({"overrides": ("learning_rate=fast",)}, r"learning_rate=fast: expected a value of type float"),
+        ({"overrides": ("steps",)}, r"--set expects key=value"),
+        ({"batch_size": 60}, r"batch_size 60 must be a multiple of model.group_images 8"),
+    ],
+)
+def test_bad_options_are_errors_that_list_the_valid_ones(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        resolve(**kwargs)
+
+
+def test_overrides_parse_types():
+    config = resolve("digits")
+    config = override(config, "model.factor=2")
+    assert config.model.factor == 2 and isinstance(config.model.factor, int)
+    assert override(config, "model.noise_std=none").model.noise_std is None
+    assert override(config, "model.soft_moe_normalize=true").model.soft_moe_normalize is True
+    assert override(config, "data.path=/x").data.path == "/x"
+
+
+def test_cli_runs_and_prints_the_summary(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "train", "--preset", "tiny", "--workdir", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "test accuracy" in result.stdout and "10-shot" not in result.stdout  # tiny probes 5-shot
+    assert "5-shot linear probe" in result.stdout and "block 1" in result.stdout
+    bad = subprocess.run([sys.executable, "-m", "train", "--router", "top2"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "valid routers" in bad.stderr
+
+
+def test_fewshot_cli_on_a_trained_workdir(tmp_path, tiny, tiny_data):
+    train.train_and_evaluate(tiny.replace(steps=2), tmp_path, progress=False, dataset=tiny_data)
+    from train.fewshot import evaluate_workdir
+
+    result = evaluate_workdir(tmp_path)
+    assert result["step"] == 2 and result["shots"] == 5 and 0 <= result["accuracy"] <= 1
+    with pytest.raises(FileNotFoundError, match="not a training workdir"):
+        evaluate_workdir(tmp_path / "nothing")

@@ -1,0 +1,54 @@
+"""``python -m train.fewshot --workdir DIR``: the 10-shot linear probe of a trained run, from its last checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import equinox as eqx
+import jax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from optimized import ViTMoE
+
+from . import checkpoint
+from .config import Config
+from .loop import fewshot, load_data, make_mesh, make_optimizer
+
+
+def evaluate_workdir(workdir) -> dict:
+    workdir = Path(workdir)
+    config_path = workdir / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{config_path} not found: {workdir} is not a training workdir")
+    config = Config.from_dict(json.loads(config_path.read_text()))
+    meta = checkpoint.latest(workdir)
+    if meta is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
+    model = ViTMoE(config.model, key=jax.random.key(0))
+    opt_state = make_optimizer(config)[0].init(eqx.filter(model, eqx.is_array))
+    model, _ = checkpoint.restore(meta, (model, opt_state))
+    sharding = NamedSharding(make_mesh(config), P("data"))
+    result = fewshot(model, load_data(config), config, sharding)
+    return {"step": meta["step"], **result}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train.fewshot", description=__doc__)
+    parser.add_argument("--workdir", required=True)
+    args = parser.parse_args(argv)
+    try:
+        result = evaluate_workdir(args.workdir)
+    except (FileNotFoundError, checkpoint.CorruptCheckpointError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"step {result['step']}: {result['shots']}-shot linear-probe accuracy {100 * result['accuracy']:.2f}% "
+          f"(l2 = {result['l2']:g}, {result['num_classes']} classes)")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

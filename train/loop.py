@@ -1,0 +1,397 @@
+"""``train_and_evaluate(config, workdir)``: the one function the CLI, the study and the tests call.
+
+    config -> data -> ViTMoE -> jitted step (loss + aux, grad, optax) -> metrics.jsonl / checkpoints / plots
+    workdir: config.json, metrics.jsonl, checkpoints/, plots/, summary.json
+
+The batch is sharded over every local device along a ``data`` mesh axis (``jax.sharding``), parameters are
+replicated: the same code runs on one CPU, 8 GPUs or a TPU slice. Randomness per step is
+``fold_in(key, step)`` and the data order is a function of (seed, epoch), so a run resumed from a checkpoint
+continues exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from optimized import ViTMoE
+
+from . import checkpoint
+from .config import Config
+from .fewshot_probe import fewshot_accuracy
+
+
+class ConfigMismatchError(ValueError):
+    pass
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+# ------------------------------------------------------------------------------------------------------ data
+
+
+def load_data(config: Config):
+    from . import data
+
+    d = config.data
+    if d.name in ("cifar10", "imagefolder") and not d.path:
+        raise ValueError(f"data.path must name a local directory for the {d.name} dataset (--set data.path=DIR)")
+    candidates = {
+        "path": d.path, "image_size": d.image_size, "channels": d.channels, "seed": d.seed,
+        "num_classes": d.num_classes, "heldout_classes": d.heldout_classes,
+    }  # fmt: skip
+    valid = data.OPTIONS.get(d.name, {})  # an unknown name is reported by data.load
+    options = {k: v for k, v in candidates.items() if k in valid and v is not None and v != ""}
+    dataset = data.load(d.name, **options)
+    if dataset.num_classes != config.model.num_classes:
+        raise ValueError(
+            f"model.num_classes = {config.model.num_classes} but the {d.name} data has {dataset.num_classes} "
+            f"classes; set --set model.num_classes={dataset.num_classes}"
+        )
+    return dataset
+
+
+class BatchOrder:
+    """Batch ``step`` is a slice of a permutation drawn from (seed, epoch): resumable without any state."""
+
+    def __init__(self, num_examples: int, batch_size: int, seed: int):
+        if num_examples < batch_size:
+            raise ValueError(f"batch_size {batch_size} is larger than the {num_examples} training examples")
+        self.n, self.batch, self.seed = num_examples, batch_size, seed
+        self.per_epoch = num_examples // batch_size  # the remainder of each epoch is dropped
+        self._epoch, self._perm = -1, None
+
+    def indices(self, step: int) -> np.ndarray:
+        epoch, index = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            self._epoch, self._perm = epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        return self._perm[index * self.batch : (index + 1) * self.batch]
+
+
+# ----------------------------------------------------------------------------------------------------- model
+
+
+def make_optimizer(config: Config):
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=config.learning_rate,
+        warmup_steps=min(config.warmup_steps, config.steps),
+        decay_steps=max(config.steps, config.warmup_steps + 1),
+        end_value=config.learning_rate * config.end_learning_rate_fraction,
+    )
+    optimizer = optax.chain(
+        optax.clip_by_global_norm(config.grad_clip_norm),
+        optax.adamw(schedule, weight_decay=config.weight_decay),
+    )
+    return optimizer, schedule
+
+
+def make_mesh(config: Config) -> Mesh:
+    devices = np.array(jax.devices())
+    per_device, rest = divmod(config.batch_size, devices.size)
+    if rest:
+        raise ValueError(f"batch_size {config.batch_size} must be divisible by the {devices.size} devices")
+    groups = 1 if config.model.router == "soft_moe" or config.model.dense else config.model.group_images
+    if per_device % groups:
+        raise ValueError(
+            f"each of the {devices.size} devices gets {per_device} images, not a multiple of model.group_images "
+            f"= {groups}: routing groups would straddle devices"
+        )
+    return Mesh(devices, ("data",))
+
+
+def make_step(optimizer, label_smoothing: float, num_classes: int):
+    @eqx.filter_jit
+    def step_fn(images, model, opt_state, labels, key):
+        def loss_fn(model):
+            logits, aux = model(images, key=key)
+            targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+            cross_entropy = optax.softmax_cross_entropy(logits, targets).mean()
+            return cross_entropy + aux["loss"], (cross_entropy, aux, logits)
+
+        (loss, (ce, aux, logits)), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(model)
+        updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_array))
+        model = eqx.apply_updates(model, updates)
+        metrics = {
+            "loss": loss,
+            "cross_entropy": ce,
+            "aux_loss": aux["loss"],
+            "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+            "grad_norm": jnp.sqrt(
+                sum(jnp.sum(g**2) for g in jax.tree_util.tree_leaves(eqx.filter(grads, eqx.is_array)))
+            ),
+            **{f"moe/{name}": value for name, value in aux["moe"].items()},
+        }
+        return model, opt_state, metrics
+
+    return step_fn
+
+
+@eqx.filter_jit
+def _predict(model, images):
+    return jnp.argmax(model(images, inference=True)[0], axis=-1)
+
+
+@eqx.filter_jit
+def _features(model, images):
+    return model.features(images, inference=True)[0]
+
+
+def _in_batches(fn, model, images: np.ndarray, batch_size: int, sharding) -> np.ndarray:
+    """Apply ``fn`` over ``images`` in full batches.
+
+    Choice: the last partial batch is padded with blank images; they take part in the routing of their group
+    (sparse routers route groups of images together) and their outputs are discarded.
+    """
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        pad = batch_size - len(chunk)
+        if pad:
+            chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+        out = np.asarray(fn(model, jax.device_put(chunk, sharding)))
+        outputs.append(out[: batch_size - pad])
+    return np.concatenate(outputs)
+
+
+def evaluate_accuracy(model, images, labels, batch_size, sharding) -> float:
+    predictions = _in_batches(_predict, model, images, batch_size, sharding)
+    return float(np.mean(predictions == labels))
+
+
+def fewshot(model, dataset, config: Config, sharding) -> dict:
+    """The paper's 10-shot linear probe on frozen pre-head features (sec. 3.3)."""
+    train = _in_batches(_features, model, dataset.fewshot_train_images, config.batch_size, sharding)
+    test = _in_batches(_features, model, dataset.fewshot_test_images, config.batch_size, sharding)
+    return fewshot_accuracy(
+        train, dataset.fewshot_train_labels, test, dataset.fewshot_test_labels, shots=config.fewshot_shots,
+        seed=config.seed,
+    )  # fmt: skip
+
+
+# -------------------------------------------------------------------------------------------------- progress
+
+
+class Progress:
+    """A progress bar on stderr; on a non-terminal, a line every 10%."""
+
+    def __init__(self, total: int, start: int, enabled: bool = True):
+        self.total, self.enabled = total, enabled
+        self.tty = sys.stderr.isatty()
+        self.last_decile = start * 10 // max(total, 1)
+
+    def update(self, step: int, text: str) -> None:
+        if not self.enabled:
+            return
+        frac = step / max(self.total, 1)
+        bar = "#" * int(30 * frac) + "." * (30 - int(30 * frac))
+        line = f"[{bar}] {step}/{self.total} {text}"
+        if self.tty:
+            print("\r" + line[:150].ljust(150), end="", file=sys.stderr, flush=True)
+        elif step * 10 // self.total > self.last_decile or step == self.total:
+            self.last_decile = step * 10 // self.total
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            print(file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------------------------------ main
+
+
+def _check_or_write_config(config: Config, workdir: Path) -> None:
+    path = workdir / "config.json"
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ConfigMismatchError(f"{path} is not valid JSON ({err}); use a new workdir") from err
+        current = json.loads(config.to_json())
+        if saved != current:
+            diffs = _diff(saved, current)
+            raise ConfigMismatchError(
+                f"workdir {workdir} holds a run of a different config; differences (saved -> now): "
+                + "; ".join(diffs[:10])
+                + ". Use a new --workdir, or the same options to resume."
+            )
+    else:
+        path.write_text(config.to_json())
+
+
+def _diff(a, b, prefix=""):
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key, "<missing>"), b.get(key, "<missing>")
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _diff(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append(f"{prefix}{key}: {va!r} -> {vb!r}")
+    return out
+
+
+def _to_host(metrics: dict) -> dict:
+    out = {}
+    for name, value in metrics.items():
+        value = np.asarray(value)
+        out[name] = value.tolist() if value.ndim else float(value)
+    return out
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop logged lines past the restored checkpoint: the resumed run will log them again."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def train_and_evaluate(
+    config: Config, workdir, *, stop_after: int | None = None, progress: bool = True, dataset=None
+) -> dict:
+    """Train ``config`` in ``workdir`` (resuming from its last checkpoint), evaluate, and return the summary.
+
+    ``stop_after`` ends the run after that many total steps (a checkpoint is written), as an interruption
+    would; running again continues to ``config.steps``.
+    """
+    config.validate()
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    _check_or_write_config(config, workdir)
+    dataset = load_data(config) if dataset is None else dataset
+    mesh = make_mesh(config)
+    data_sharding, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+
+    key = jax.random.key(config.seed)
+    init_key, train_key = jax.random.split(key)
+    model = ViTMoE(config.model, key=init_key)
+    optimizer, schedule = make_optimizer(config)
+    opt_state = optimizer.init(eqx.filter(model, eqx.is_array))
+    start = 0
+    meta = checkpoint.latest(workdir)
+    if meta is not None:
+        model, opt_state = checkpoint.restore(meta, (model, opt_state))
+        start = meta["step"]
+    model, opt_state = jax.device_put((model, opt_state), replicated)
+    metrics_path = workdir / "metrics.jsonl"
+    _truncate_metrics(metrics_path, start)
+
+    step_fn = make_step(optimizer, config.label_smoothing, config.model.num_classes)
+    order = BatchOrder(len(dataset.train_labels), config.batch_size, config.data.seed)
+    end = config.steps if stop_after is None else min(stop_after, config.steps)
+    bar = Progress(end, start, progress)
+    images_seen, timed_seconds, last_good = 0, 0.0, start
+    test_accuracy = float("nan")
+    with open(metrics_path, "a") as log:
+        for step in range(start, end):
+            idx = order.indices(step)
+            images = jax.device_put(dataset.train_images[idx], data_sharding)
+            labels = jax.device_put(dataset.train_labels[idx], data_sharding)
+            t0 = time.perf_counter()
+            model, opt_state, metrics = step_fn(images, model, opt_state, labels, jax.random.fold_in(train_key, step))
+            loss = float(metrics["loss"])  # also waits for the step
+            if step > start:  # the first step compiles
+                timed_seconds += time.perf_counter() - t0
+                images_seen += config.batch_size
+            if not math.isfinite(loss):
+                bar.close()
+                raise NonFiniteLossError(
+                    f"the loss became {loss} at step {step + 1}; stopped without saving. The last good checkpoint "
+                    f"(step {last_good}) is in {workdir / 'checkpoints'}"
+                )
+            done = step + 1
+            record = None
+            if done % config.log_every == 0 or done == end:
+                record = {"step": done, **_to_host(metrics), "learning_rate": float(schedule(step))}
+                record["images_per_second"] = images_seen / timed_seconds if timed_seconds else None
+            if done % config.eval_every == 0 or done == config.steps:
+                test_accuracy = evaluate_accuracy(
+                    model, dataset.test_images, dataset.test_labels, config.batch_size, data_sharding
+                )
+                record = (record or {"step": done}) | {"test_accuracy": test_accuracy}
+            if record is not None:
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+            if done % config.checkpoint_every == 0 or done == end:
+                checkpoint.save(workdir, done, (model, opt_state))
+                last_good = done
+            tested = "-" if math.isnan(test_accuracy) else f"{test_accuracy:.3f}"
+            bar.update(done, f"loss {loss:.3f} batch acc {float(metrics['accuracy']):.3f} test acc {tested}")
+    bar.close()
+    if end < config.steps:
+        return {"step": end, "stopped_early": True}
+
+    if math.isnan(test_accuracy):  # resumed at the very end
+        test_accuracy = evaluate_accuracy(model, dataset.test_images, dataset.test_labels, config.batch_size,
+                                          data_sharding)  # fmt: skip
+    probe = fewshot(model, dataset, config, data_sharding)
+    summary = summarize(config, workdir, test_accuracy, probe, images_seen / timed_seconds if timed_seconds else None)
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    from .plots import plot_run
+
+    plot_run(workdir)
+    return summary
+
+
+def summarize(config: Config, workdir: Path, test_accuracy: float, probe: dict, images_per_second) -> dict:
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line]
+    last = records[-1] if records else {}
+    layers = []
+    num_moe = len(last.get("moe/dropped_fraction", []) or [])
+    for i in range(num_moe):
+        layers.append(
+            {
+                "block": 2 * i + 1,
+                "dropped_fraction": last["moe/dropped_fraction"][i],
+                "experts_per_token_mean": last["moe/experts_per_token_mean"][i],
+                "load_cv": last["moe/load_cv"][i],
+                "expert_load": last["moe/expert_load"][i],
+            }
+        )
+    if images_per_second is None:  # resumed with nothing left to time: take the last logged figure
+        images_per_second = next((r["images_per_second"] for r in reversed(records) if r.get("images_per_second")),
+                                 None)  # fmt: skip
+    return {
+        "router": config.model.router,
+        "factor": config.model.factor,
+        "steps": config.steps,
+        "test_accuracy": test_accuracy,
+        "fewshot_accuracy": probe["accuracy"],
+        "fewshot_shots": probe.get("shots", config.fewshot_shots),
+        "fewshot_l2": probe.get("l2"),
+        "images_per_second": images_per_second,
+        "final_train_loss": last.get("loss"),
+        "moe_layers": layers,
+    }
+
+
+def format_summary(summary: dict) -> str:
+    ips = summary["images_per_second"]
+    lines = [
+        f"router {summary['router']} (factor {summary['factor']}), {summary['steps']} steps",
+        f"test accuracy           {100 * summary['test_accuracy']:.2f}%",
+        f"{summary['fewshot_shots']}-shot linear probe    {100 * summary['fewshot_accuracy']:.2f}%",
+        f"images per second       {ips:.0f}" if ips else "images per second       n/a",
+    ]
+    if summary["moe_layers"]:
+        lines.append("MoE layer  dropped tokens  experts/token  load CV  expert load (min-max)")
+        for layer in summary["moe_layers"]:
+            load = layer["expert_load"]
+            lines.append(
+                f"block {layer['block']:<4} {100 * layer['dropped_fraction']:>13.1f}%  "
+                f"{layer['experts_per_token_mean']:>13.2f}  {layer['load_cv']:>7.3f}  {min(load):.2f}-{max(load):.2f}"
+            )
+    return "\n".join(lines)
