@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from optimized import ROUTERS
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -16,3 +18,14 @@ def test_bench_moe_quick_writes_json_and_markdown(tmp_path):
     records = json.loads((tmp_path / "moe.json").read_text())
     assert "layer vs experts" in (tmp_path / "moe.md").read_text().lower()
     assert records
+
+
+def test_bench_train_runs_on_the_tiny_preset(tmp_path):
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_train.py"), "--preset", "tiny", "--rounds", "1",
+         "--out", str(tmp_path)],
+        check=True, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    rows = json.loads((tmp_path / "train_step.json").read_text())["rows"]
+    assert [r["router"] for r in rows] == list(ROUTERS)
+    assert all(r["ratio"] > 0 for r in rows)
