@@ -23,17 +23,11 @@ import hypothesis.strategies as st
 import numpy as np
 from hypothesis import assume
 
+from reference import ROUTERS
+
 from ._checks import assert_close, assert_equal, check, host, margin, min_gap, stable_ranking
 from ._strategies import HIDDEN, grid_matrix, logits_case, route_case, scores_case
 
-ROUTERS = (
-    "softmax_token_choice",
-    "sinkhorn_token_choice",
-    "softmax_expert_choice",
-    "sinkhorn_expert_choice",
-    "sparsity_constrained_expert_choice",
-    "soft_moe",
-)
 SPARSE = ROUTERS[:5]
 TOKEN_CHOICE = ROUTERS[:2]
 EXPERT_CHOICE = ROUTERS[2:5]
