@@ -103,7 +103,10 @@ def synthetic() -> Config:
     """Procedural images of 100 classes; 80 for pre-training, 20 held out for the 10-shot probe (like JFT then
     ImageNet in the paper).
 
-    Command: ``python -m train --preset synthetic``. Expected on 2 CPU cores: about 5 minutes.
+    Command: ``python -m train --preset synthetic``. Measured on 2 CPU cores (2026-11-22): 2 min 37 s wall,
+    744 images/s, test accuracy 65.5% on the 80 pre-training classes (chance 1.25%; nearest class mean on raw
+    pixels: 68%), 10-shot probe 72.0% on the 20 held-out classes (raw pixels: 69%). Small models underfit it:
+    it is meant to separate routers, not to be solved.
     """
     model = ViTMoEConfig(
         **VARIANTS["mini"], image_size=16, channels=1, num_classes=80, router="softmax_expert_choice",
