@@ -253,7 +253,7 @@ def sparse_ot_cases() -> list[Builder]:
 
 
 def allocation_cases() -> list[Builder]:
-    def token_choice(shape, slots, k, weighted, coarse=False):
+    def allocation(function, shape, extra_args, weighted, coarse):
         def case(rng):
             scores = grid(rng, shape, 0, 0.5, 4) if coarse else grid(rng, shape, 0, 1, 16)
             arrays = {"scores": scores}
@@ -261,21 +261,15 @@ def allocation_cases() -> list[Builder]:
             if weighted:
                 arrays["weights"] = grid(rng, shape, 0, 1, 16)
                 kwargs["weights"] = Ref("weights")
-            return Case("token_choice_allocation", [Ref("scores"), slots, k], kwargs, arrays, DISPATCH_COMBINE)
+            return Case(function, [Ref("scores"), *extra_args], kwargs, arrays, DISPATCH_COMBINE)
 
         return case
+
+    def token_choice(shape, slots, k, weighted, coarse=False):
+        return allocation("token_choice_allocation", shape, [slots, k], weighted, coarse)
 
     def expert_choice(shape, slots, weighted, coarse=False):
-        def case(rng):
-            scores = grid(rng, shape, 0, 0.5, 4) if coarse else grid(rng, shape, 0, 1, 16)
-            arrays = {"scores": scores}
-            kwargs = {}
-            if weighted:
-                arrays["weights"] = grid(rng, shape, 0, 1, 16)
-                kwargs["weights"] = Ref("weights")
-            return Case("expert_choice_allocation", [Ref("scores"), slots], kwargs, arrays, DISPATCH_COMBINE)
-
-        return case
+        return allocation("expert_choice_allocation", shape, [slots], weighted, coarse)
 
     ties = "scores in {0, 1/4, 1/2}: many exact ties, decided by the lower-index rule"
     return [
