@@ -91,9 +91,17 @@ def apply_routing(x: Float[Array, "T D"], routing: Routing, experts: MLPExperts)
     GShard / V-MoE. Empty slots hold token index T: the gather clamps it (any row will do, its weight is 0)
     and the scatter drops it.
     """
-    num_tokens, width = x.shape
-    slots = jnp.take(x, routing.token_index, axis=0, mode="clip")  # (E, C, D)
-    outputs = experts.batched(slots)
+    return scatter_slots(experts.batched(gather_slots(x, routing)), routing, x.shape[0])
+
+
+def gather_slots(x: Float[Array, "T D"], routing: Routing) -> Float[Array, "E C D"]:
+    """The experts' input buffers: ``slots[r, c] = x[token_index[r, c]]`` (an empty slot gets any token)."""
+    return jnp.take(x, routing.token_index, axis=0, mode="clip")
+
+
+def scatter_slots(outputs: Float[Array, "E C D"], routing: Routing, num_tokens: int) -> Float[Array, "T D"]:
+    """``y[t] = sum over the slots (r, c) holding t of weight[r, c] * outputs[r, c]``; empty slots add nothing."""
+    width = outputs.shape[-1]
     gate = jnp.where(routing.valid, routing.weight, 0).astype(outputs.dtype)
     weighted = (outputs * gate[..., None]).reshape(-1, width)
     return jnp.zeros((num_tokens, width), outputs.dtype).at[routing.token_index.reshape(-1)].add(weighted, mode="drop")
@@ -311,28 +319,44 @@ class MoELayer(eqx.Module):
     def __call__(
         self, x: Float[Array, "T D"], *, key: PRNGKeyArray | None = None, inference: bool = False
     ) -> tuple[Float[Array, "T D"], dict[str, jax.Array]]:
+        slots, state, aux = self.dispatch(x, key=key, inference=inference)
+        return self.combine(self.experts.batched(slots), state), aux
+
+    def dispatch(
+        self, x: Float[Array, "T D"], *, key: PRNGKeyArray | None = None, inference: bool = False
+    ) -> tuple[Float[Array, "E C D"], Routing | Float[Array, "T E C"], dict[str, jax.Array]]:
+        """Route one group and fill the experts' slot buffers: ``(slots, state, aux)``.
+
+        ``state`` is what ``combine`` needs to bring the experts' outputs back to the tokens: the compact
+        ``Routing`` for sparse routers, the (T, E, S) combine weights for Soft MoE. The layer is
+        ``combine(experts.batched(slots), state)``; expert parallelism runs the experts in between on other
+        devices (``optimized.moe_over_groups``).
+        """
         if x.shape[0] != self.group_size:
             raise ValueError(f"x must have {self.group_size} tokens (the layer's group_size), got shape {x.shape}")
         if self.router == "soft_moe":
-            return self._soft(x)
-        return self._sparse(x, key, inference)
+            return self._soft_dispatch(x)
+        return self._sparse_dispatch(x, key, inference)
 
-    def _soft(self, x):
+    def combine(self, outputs: Float[Array, "E C D"], state) -> Float[Array, "T D"]:
+        """Weighted sum of the experts' slot outputs back into the group's T tokens (eq. 2)."""
+        if self.router == "soft_moe":
+            return jnp.einsum("tes,esd->td", state.astype(outputs.dtype), outputs)
+        return scatter_slots(outputs, state, self.group_size)
+
+    def _soft_dispatch(self, x):
         phi = self.router_weight
         x32 = x.astype(_router_dtype(x))
         if self.soft_moe_normalize:  # Puigcerver et al. (2023): l2-normalize tokens and slots, learned scale
             x32 = _l2_normalize(x32, axis=-1)
             phi = self.scale * _l2_normalize(phi, axis=0)
         dispatch, combine = soft_moe_tensors(soft_moe_logits(x32, phi))
-        dtype = x.dtype
-        slots = jnp.einsum("tes,td->esd", dispatch.astype(dtype), x)
-        outputs = self.experts.batched(slots)
-        y = jnp.einsum("tes,esd->td", combine.astype(dtype), outputs)
+        slots = jnp.einsum("tes,td->esd", dispatch.astype(x.dtype), x)
         aux = soft_metrics(combine) | {"plan_error": jnp.zeros(()), "importance_loss": jnp.zeros(())}
         aux |= {"load_loss": jnp.zeros(()), "loss": jnp.zeros(())}
-        return y, aux
+        return slots, combine, aux
 
-    def _sparse(self, x, key, inference):
+    def _sparse_dispatch(self, x, key, inference):
         # Choice: the router runs in float32 (or wider) even when the layer computes in bfloat16.
         dtype = _router_dtype(x)
         logits = x.astype(dtype) @ self.router_weight.astype(dtype)
@@ -352,7 +376,6 @@ class MoELayer(eqx.Module):
             sparse_ot_learning_rate=self.sparse_ot_learning_rate,
             combine_from=self.combine_from,
         )
-        y = apply_routing(x, routing, self.experts).astype(x.dtype)
         zero = jnp.zeros((), jnp.float32)
         importance, load = zero, zero
         if self.router in TOKEN_CHOICE_ROUTERS:
@@ -362,4 +385,4 @@ class MoELayer(eqx.Module):
         aux = routing_metrics(routing, x.shape[0])
         aux |= {"plan_error": plan_error.astype(jnp.float32), "importance_loss": importance, "load_loss": load}
         aux["loss"] = self.importance_weight * importance + self.load_weight * load
-        return y, aux
+        return gather_slots(x, routing), routing, aux

@@ -70,8 +70,10 @@ def _sinkhorn(logits: Float[Array, "T E"], num_iters: int, tol: float | None) ->
         f = -jax.nn.logsumexp(logits + g[None, :], axis=1)  # then rows to 1
         return f, g
 
-    f = jnp.zeros(num_tokens, logits.dtype)
-    g = jnp.zeros(num_experts, logits.dtype)
+    # zeros_like(a slice of logits), not zeros(...): the carry then has the logits' type, including the
+    # devices it varies over when the router runs inside shard_map (expert parallelism).
+    f = jnp.zeros_like(logits[:, 0])
+    g = jnp.zeros_like(logits[0])
     if tol is None:
         f, g = jax.lax.fori_loop(0, num_iters, lambda _, fg: one_iteration(*fg), (f, g))
     else:
@@ -89,7 +91,7 @@ def _sinkhorn(logits: Float[Array, "T E"], num_iters: int, tol: float | None) ->
             i, _, _, error = state
             return (i < num_iters) & (error >= tol)
 
-        init = (jnp.asarray(0), f, g, jnp.asarray(jnp.inf, logits.dtype))
+        init = (jnp.asarray(0), f, g, jnp.full_like(logits[0, 0], jnp.inf))
         _, f, g, _ = jax.lax.while_loop(cond, body, init)
     return jnp.exp(logits + f[:, None] + g[None, :])
 
@@ -142,7 +144,7 @@ def _sparse_ot(logits, slots: int, num_iters: int, learning_rate: float):
         update = (first / (1 - ADAM_B1**step)) / (jnp.sqrt(second / (1 - ADAM_B2**step)) + ADAM_EPS)
         return alpha - learning_rate * update, first, second
 
-    zeros = jnp.zeros(num_tokens, logits.dtype)
+    zeros = jnp.zeros_like(logits[:, 0])  # the logits' type, as in _sinkhorn
     alpha, _, _ = jax.lax.fori_loop(0, num_iters, adam_step, (zeros, zeros, zeros))
     values, tokens = _sparse_columns(alpha, utility, slots)
     return values, tokens, row_sums(values, tokens)

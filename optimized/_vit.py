@@ -21,6 +21,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._checks import integer
 from ._layer import METRIC_NAMES, MoELayer
+from ._parallel import moe_over_groups
 from ._route import check_router
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -192,7 +193,7 @@ class _Block(eqx.Module):
             )
         groups = h.reshape(b // self.group_images, self.group_images * n, d)
         keys = jax.random.split(key, groups.shape[0])
-        y, aux = jax.vmap(lambda g, k: self.moe(g, key=k, inference=inference))(groups, keys)
+        y, aux = moe_over_groups(self.moe, groups, keys, inference)  # vmap, or expert-parallel under a mesh
         metrics = {  # over the groups: min of minima, max of maxima, mean of the rest
             name: (jnp.min if name.endswith("_min") else jnp.max if name.endswith("_max") else jnp.mean)(value, axis=0)
             for name, value in aux.items()

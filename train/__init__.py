@@ -1,9 +1,9 @@
 """Training, evaluation (accuracy and the paper's 10-shot linear probe) and the router study.
 
 ``python -m train`` trains the default preset on data shipped with the installation; see ``train.config``
-for the presets and ``train.loop.train_and_evaluate`` for what a run does. ``python -m train.study`` runs the
-paper's router comparison (``train.study``) against its published numbers (``train.paper``). Imports ``optimized``, never
-``reference``.
+for the presets and ``train.loop.train_and_evaluate`` for what a run does. ``python -m train.study`` runs
+the paper's router comparison (``train.study``) against its published numbers (``train.paper``). Imports
+``optimized``, never ``reference``.
 """
 
 from .config import PRESETS as PRESETS

@@ -28,9 +28,23 @@ class DataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """The device mesh: ``data`` x ``expert`` devices (see README, "Scaling").
+
+    Expert weights are sharded over ``expert`` (which must divide ``model.num_experts``); the batch over every
+    device. ``data = 0`` takes every device not on the expert axis. Where a run executes, not what it
+    computes: a workdir resumes under any mesh, and its checkpoints load under another.
+    """
+
+    data: int = 0
+    expert: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     model: ViTMoEConfig = dataclasses.field(default_factory=ViTMoEConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     seed: int = 0
     steps: int = 1000
     batch_size: int = 64
@@ -59,11 +73,22 @@ class Config:
         return Config(
             model=ViTMoEConfig(**d["model"]),
             data=DataConfig(**d["data"]),
-            **{k: v for k, v in d.items() if k not in ("model", "data")},
+            mesh=MeshConfig(**d.get("mesh", {})),  # configs written before the mesh existed: the default
+            **{k: v for k, v in d.items() if k not in SECTIONS},
         )
 
     def validate(self) -> None:
         self.model.validate()
+        if not (isinstance(self.mesh.data, int) and self.mesh.data >= 0):
+            raise ValueError(f"mesh.data must be an integer >= 0 (0: every device not on the expert axis), got "
+                             f"{self.mesh.data!r}")  # fmt: skip
+        if not (isinstance(self.mesh.expert, int) and self.mesh.expert >= 1):
+            raise ValueError(f"mesh.expert must be an integer >= 1, got {self.mesh.expert!r}")
+        if not self.model.dense and self.model.num_experts % self.mesh.expert:
+            raise ValueError(
+                f"mesh.expert = {self.mesh.expert} does not divide model.num_experts = {self.model.num_experts}: "
+                "each device must hold num_experts / expert whole experts"
+            )
         for name in ("steps", "batch_size", "eval_every", "log_every", "checkpoint_every", "fewshot_shots"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -78,6 +103,8 @@ class Config:
                 f"model.image_size/channels ({self.model.image_size}, {self.model.channels})"
             )
 
+
+SECTIONS = ("model", "data", "mesh")  # the nested parts of a Config, set as --set SECTION.FIELD=VALUE
 
 # ---------------------------------------------------------------------------------------------------- presets
 
@@ -237,14 +264,14 @@ def override(config: Config, assignment: str) -> Config:
     parts = key.strip().split(".")
     if len(parts) == 1:
         owner, name = config, parts[0]
-    elif len(parts) == 2 and parts[0] in ("model", "data"):
+    elif len(parts) == 2 and parts[0] in SECTIONS:
         owner, name = getattr(config, parts[0]), parts[1]
     else:
-        raise ValueError(f"--set {key}: keys are FIELD, model.FIELD or data.FIELD")
-    valid = _fields(owner)
-    if name not in valid or name in ("model", "data"):
+        raise ValueError(f"--set {key}: keys are FIELD, model.FIELD, data.FIELD or mesh.FIELD")
+    valid = {n: f for n, f in _fields(owner).items() if owner is not config or n not in SECTIONS}
+    if name not in valid:
         prefix = "" if owner is config else f"{parts[0]}."
-        names = ", ".join(prefix + n for n in valid if n not in ("model", "data"))
+        names = ", ".join(prefix + n for n in valid)
         raise ValueError(f"--set {key}: unknown key; valid keys: {names}")
     value = _parse(key, text.strip(), _annotations(type(owner))[name], getattr(owner, name))
     if owner is config:

@@ -9,39 +9,48 @@ from pathlib import Path
 
 import equinox as eqx
 import jax
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
+import optimized
 from optimized import ViTMoE
 
 from . import checkpoint
-from .config import Config
-from .loop import fewshot, load_data, make_mesh, make_optimizer
+from .config import Config, override
+from .loop import batch_sharding, fewshot, load_data, make_mesh, make_optimizer
 
 
-def evaluate_workdir(workdir) -> dict:
+def evaluate_workdir(workdir, overrides: tuple[str, ...] = ()) -> dict:
+    """The probe of the run in ``workdir`` at its last checkpoint; ``overrides`` may change the mesh
+    (``mesh.data=N``, ``mesh.expert=N``) to evaluate on other devices than the run trained on."""
     workdir = Path(workdir)
     config_path = workdir / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{config_path} not found: {workdir} is not a training workdir")
     config = Config.from_dict(json.loads(config_path.read_text()))
+    for assignment in overrides:
+        if not assignment.strip().startswith("mesh."):
+            raise ValueError(f"--set {assignment}: only mesh.data and mesh.expert can change for an evaluation")
+        config = override(config, assignment)
     meta = checkpoint.latest(workdir)
     if meta is None:
         raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
     model = ViTMoE(config.model, key=jax.random.key(0))
     opt_state = make_optimizer(config)[0].init(eqx.filter(model, eqx.is_array))
     model, _ = checkpoint.restore(meta, (model, opt_state))
-    sharding = NamedSharding(make_mesh(config), P("data"))
-    result = fewshot(model, load_data(config), config, sharding)
+    mesh = make_mesh(config)
+    model = jax.device_put(model, optimized.shardings(model, mesh))
+    with jax.set_mesh(mesh):
+        result = fewshot(model, load_data(config), config, batch_sharding(mesh))
     return {"step": meta["step"], **result}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.fewshot", description=__doc__)
     parser.add_argument("--workdir", required=True)
+    parser.add_argument("--set", action="append", default=[], metavar="mesh.FIELD=N",
+                        help="evaluate under another device mesh, e.g. --set mesh.expert=1")  # fmt: skip
     args = parser.parse_args(argv)
     try:
-        result = evaluate_workdir(args.workdir)
+        result = evaluate_workdir(args.workdir, tuple(args.set))
     except (FileNotFoundError, checkpoint.CorruptCheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -3,8 +3,10 @@
     config -> data -> ViTMoE -> jitted step (loss + aux, grad, optax) -> metrics.jsonl / checkpoints / plots
     workdir: config.json, metrics.jsonl, checkpoints/, plots/, summary.json
 
-The batch is sharded over every local device along a ``data`` mesh axis (``jax.sharding``), parameters are
-replicated: the same code runs on one CPU, 8 GPUs or a TPU slice. Randomness per step is
+The devices form a (``data``, ``expert``) mesh (``config.mesh``, ``jax.sharding``): the batch is sharded over
+every device, expert weights over ``expert`` along their E axis (the MoE layers move tokens to them with two
+all-to-alls, ``optimized.moe_over_groups``), everything else is replicated. The same code runs on one CPU,
+8 GPUs or a TPU slice. Randomness per step is
 ``fold_in(key, step)`` and the data order is a function of (seed, epoch), so a run resumed from a checkpoint
 continues exactly as if it had never stopped.
 """
@@ -25,7 +27,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from optimized import ViTMoE
+import optimized
+from optimized import DATA, EXPERT, ViTMoE
 
 from . import checkpoint
 from .config import Config
@@ -99,18 +102,32 @@ def make_optimizer(config: Config):
     return optimizer, schedule
 
 
-def make_mesh(config: Config) -> Mesh:
-    devices = np.array(jax.devices())
-    per_device, rest = divmod(config.batch_size, devices.size)
+def make_mesh(config: Config, devices=None) -> Mesh:
+    """The (``data``, ``expert``) mesh of ``config.mesh`` over ``devices`` (default: every device), checked
+    against the batch and the model before anything compiles."""
+    devices = jax.devices() if devices is None else devices
+    mesh = optimized.make_mesh(config.mesh.data, config.mesh.expert, devices)
+    data, expert = mesh.shape[DATA], mesh.shape[EXPERT]
+    per_device, rest = divmod(config.batch_size, mesh.size)
     if rest:
-        raise ValueError(f"batch_size {config.batch_size} must be divisible by the {devices.size} devices")
+        raise ValueError(
+            f"batch_size {config.batch_size} must be divisible by the {data} x {expert} = {mesh.size} devices "
+            "of the mesh"
+        )
     groups = 1 if config.model.router == "soft_moe" or config.model.dense else config.model.group_images
     if per_device % groups:
         raise ValueError(
-            f"each of the {devices.size} devices gets {per_device} images, not a multiple of model.group_images "
+            f"each of the {mesh.size} devices gets {per_device} images, not a multiple of model.group_images "
             f"= {groups}: routing groups would straddle devices"
         )
-    return Mesh(devices, ("data",))
+    if not config.model.dense:
+        optimized.check_expert_parallel(config.model.num_experts, config.batch_size // groups, data, expert)
+    return mesh
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Images and labels: the batch axis split over every device of the mesh."""
+    return NamedSharding(mesh, P((DATA, EXPERT)))
 
 
 def make_step(optimizer, label_smoothing: float, num_classes: int):
@@ -221,6 +238,9 @@ def _check_or_write_config(config: Config, workdir: Path) -> None:
         except json.JSONDecodeError as err:
             raise ConfigMismatchError(f"{path} is not valid JSON ({err}); use a new workdir") from err
         current = json.loads(config.to_json())
+        # Choice: the mesh says where the run executes, not what it computes; a run resumes under any mesh.
+        saved.pop("mesh", None)
+        current.pop("mesh")
         if saved != current:
             diffs = _diff(saved, current)
             raise ConfigMismatchError(
@@ -228,8 +248,7 @@ def _check_or_write_config(config: Config, workdir: Path) -> None:
                 + "; ".join(diffs[:10])
                 + ". Use a new --workdir, or the same options to resume."
             )
-    else:
-        path.write_text(config.to_json())
+    path.write_text(config.to_json())  # a new run, or the same run perhaps under another mesh: record this one
 
 
 def _diff(a, b, prefix=""):
@@ -273,7 +292,7 @@ def train_and_evaluate(
     _check_or_write_config(config, workdir)
     dataset = load_data(config) if dataset is None else dataset
     mesh = make_mesh(config)
-    data_sharding, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+    data_sharding = batch_sharding(mesh)
 
     key = jax.random.key(config.seed)
     init_key, train_key = jax.random.split(key)
@@ -285,7 +304,7 @@ def train_and_evaluate(
     if meta is not None:
         model, opt_state = checkpoint.restore(meta, (model, opt_state))
         start = meta["step"]
-    model, opt_state = jax.device_put((model, opt_state), replicated)
+    model, opt_state = jax.device_put((model, opt_state), optimized.shardings((model, opt_state), mesh))
     metrics_path = workdir / "metrics.jsonl"
     _truncate_metrics(metrics_path, start)
 
@@ -295,7 +314,7 @@ def train_and_evaluate(
     bar = Progress(end, start, progress)
     images_seen, timed_seconds, last_good = 0, 0.0, start
     test_accuracy = float("nan")
-    with open(metrics_path, "a") as log:
+    with open(metrics_path, "a") as log, jax.set_mesh(mesh):
         for step in range(start, end):
             idx = order.indices(step)
             images = jax.device_put(dataset.train_images[idx], data_sharding)
@@ -334,10 +353,11 @@ def train_and_evaluate(
     if end < config.steps:
         return {"step": end, "stopped_early": True}
 
-    if math.isnan(test_accuracy):  # resumed at the very end
-        test_accuracy = evaluate_accuracy(model, dataset.test_images, dataset.test_labels, config.batch_size,
-                                          data_sharding)  # fmt: skip
-    probe = fewshot(model, dataset, config, data_sharding)
+    with jax.set_mesh(mesh):
+        if math.isnan(test_accuracy):  # resumed at the very end
+            test_accuracy = evaluate_accuracy(model, dataset.test_images, dataset.test_labels, config.batch_size,
+                                              data_sharding)  # fmt: skip
+        probe = fewshot(model, dataset, config, data_sharding)
     summary = summarize(config, workdir, test_accuracy, probe, images_seen / timed_seconds if timed_seconds else None)
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     from .plots import plot_run
