@@ -21,6 +21,7 @@ from ._layer import scatter_slots as scatter_slots
 from ._parallel import DATA as DATA
 from ._parallel import EXPERT as EXPERT
 from ._parallel import check_expert_parallel as check_expert_parallel
+from ._parallel import is_expert_leaf as is_expert_leaf
 from ._parallel import make_mesh as make_mesh
 from ._parallel import moe_over_groups as moe_over_groups
 from ._parallel import shardings as shardings

@@ -83,7 +83,8 @@ def shardings(tree, mesh: Mesh):
     """
 
     def one(path, leaf):
-        if not (eqx.is_array(leaf) and is_expert_leaf(path)) or EXPERT not in mesh.axis_names:
+        shaped = hasattr(leaf, "shape") and hasattr(leaf, "dtype")  # arrays, and jax.ShapeDtypeStruct for planning
+        if not (shaped and is_expert_leaf(path)) or EXPERT not in mesh.axis_names:
             return NamedSharding(mesh, P())
         name = next(k.name for k in reversed(path) if isinstance(k, jax.tree_util.GetAttrKey))
         axis = leaf.ndim - (2 if name in ("w1", "w2") else 1) - 1
