@@ -6,7 +6,7 @@ routing (and of the extra expert parameters' optimizer updates). One jitted trai
 auxiliary losses, gradient, AdamW update) on one batch of the preset, float32, CPU. The steps of the two
 models alternate (MoE, dense, MoE, dense, ...) after compiling, and the ratio is median / median.
 
-    python benchmarks/bench_train.py [--preset digits] [--rounds 20] [--out benchmarks/results]
+    python benchmarks/bench_train.py [--preset digits] [--rounds 20] [--routers ...] [--out benchmarks/results]
 
 Target (issue 5): at most 1.3 for every router, default preset, 2 CPU cores.
 """
@@ -48,6 +48,7 @@ def main(argv=None) -> int:
     parser.add_argument("--preset", default="digits")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--routers", nargs="+", default=list(ROUTERS), choices=ROUTERS, help="default: all six")
     args = parser.parse_args(argv)
     base = resolve(args.preset)
     data = load_data(base)
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
     labels = jax.numpy.asarray(data.train_labels[: base.batch_size])
     dense = _stepper(base.replace(model=base.model.replace(dense=True)), images, labels)
     rows = []
-    for router in ROUTERS:
+    for router in args.routers:
         print(f"timing {router} ...", file=sys.stderr, flush=True)
         moe = _stepper(base.replace(model=base.model.replace(router=router, factor=1)), images, labels)
         times = {"moe": [], "dense": []}

@@ -4,6 +4,10 @@ Same API as ``reference`` (name for name, same semantics, same ``Choice:`` decis
 jit-compatible with capacity, k and iteration counts static. It never imports ``reference``: the two are
 independent derivations from the paper, which is what makes their agreement mean something.
 
+Expert parallelism (``make_mesh``, ``shardings``, ``moe_over_groups``): under a (``data``, ``expert``) device
+mesh set with ``jax.set_mesh``, the ViT's MoE layers run their experts sharded over ``expert`` and move the
+slot buffers with two ``all_to_all`` per layer; without one, they are a ``vmap`` over routing groups.
+
 Dimensions: T tokens in a routing group, D model width, H expert hidden width, E experts,
 C capacity (slots per expert), S Soft MoE slots per expert, K (k) experts per token, B images, G groups.
 """

@@ -1,3 +1,50 @@
-# tests/multidevice needs 8 simulated CPU devices, which XLA fixes when it starts: test_expert_parallel.py runs it
-# in a subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=8 instead of collecting it here.
+"""Test-session hooks.
+
+``tests/multidevice`` needs 8 simulated CPU devices, which XLA fixes when it starts, so it is not collected
+here: ``test_expert_parallel.py::test_eight_device_suite`` runs it in a subprocess with
+``XLA_FLAGS=--xla_force_host_platform_device_count=8``. That subprocess is started as soon as collection
+finishes (when the test is selected), so that it runs beside the rest of the suite on a second core; the test
+waits for it and reports its output.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 collect_ignore = ["multidevice"]
+
+EIGHT_DEVICE_TEST = "test_expert_parallel.py::test_eight_device_suite"
+_eight_device_run: dict = {}
+
+
+def start_eight_device_suite() -> subprocess.Popen:
+    if "process" not in _eight_device_run:
+        root = Path(__file__).resolve().parent.parent
+        env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+        log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"multidevice-{os.getpid()}.log", "w+")
+        _eight_device_run["log"] = log
+        suite = str(root / "tests" / "multidevice")
+        _eight_device_run["process"] = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-W", "error", "-q", "-p", "no:cacheprovider", suite],
+            cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+    return _eight_device_run["process"]
+
+
+def eight_device_output() -> str:
+    log = _eight_device_run["log"]
+    log.flush()
+    log.seek(0)
+    return log.read()
+
+
+def pytest_collection_finish(session):
+    if any(item.nodeid.endswith(EIGHT_DEVICE_TEST) for item in session.items):
+        start_eight_device_suite()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    process = _eight_device_run.get("process")
+    if process is not None and process.poll() is None:
+        process.kill()

@@ -1,31 +1,23 @@
 """Expert parallelism: the mesh and sharding helpers here, and the 8-device suite (``tests/multidevice``) in a
 subprocess, since XLA fixes the number of simulated CPU devices when it starts."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import jax
 import pytest
+from conftest import eight_device_output, start_eight_device_suite
 from jax.sharding import PartitionSpec as P
 
 import train
 from optimized import EXPERT, ViTMoE, make_mesh, shardings
 from train.config import Config, override, resolve
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def test_eight_device_suite():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    suite = str(ROOT / "tests" / "multidevice")
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-W", "error", "-q", "-p", "no:cacheprovider", suite],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
-    assert " passed" in result.stdout and "failed" not in result.stdout.splitlines()[-1]
+    # started by conftest.py when collection finished, so that it runs beside the rest of the suite
+    process = start_eight_device_suite()
+    returncode = process.wait(timeout=1800)
+    output = eight_device_output()
+    assert returncode == 0, output[-8000:]
+    assert " passed" in output.splitlines()[-1] and "failed" not in output.splitlines()[-1], output[-3000:]
 
 
 @pytest.mark.parametrize(

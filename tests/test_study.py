@@ -2,6 +2,7 @@
 pipeline in ``--quick`` mode (train, resume without retraining, CSV, report, plots)."""
 
 import csv
+import json
 import math
 
 import numpy as np
@@ -144,7 +145,10 @@ def test_quick_study_end_to_end(tmp_path, capsys):
         assert r["status"] == "finished"
         assert 0 <= float(r["test_accuracy"]) <= 1 and 0 <= float(r["fewshot_accuracy"]) <= 1
         assert float(r["train_seconds"]) > 0 and float(r["images_per_second"]) > 0
+        assert float(r["timed_train_seconds"]) == pytest.approx(6 * float(r["step_seconds"]))  # 6 steps
         assert 0 <= float(r["dropped_fraction"]) <= 1
+    timing = json.loads((tmp_path / "step_times.json").read_text())
+    assert timing["rounds"] == 2 and set(timing["step_seconds"]) == {r["configuration"] for r in table}
 
     report = out["report"].read_text()
     soft = next(r for r in table if r["router"] == "soft_moe")
@@ -168,6 +172,7 @@ def test_quick_study_end_to_end(tmp_path, capsys):
 
     # Run again through the CLI: every run is reused, nothing retrains.
     logs = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/metrics.jsonl")}
+    logs[tmp_path / "step_times.json"] = (tmp_path / "step_times.json").stat().st_mtime_ns  # timing reused too
     assert study.main(["--quick", "--workdir", str(tmp_path)]) == 0
     assert {p: p.stat().st_mtime_ns for p in logs} == logs
     assert "trained 0 of 3 runs" in (tmp_path / "report.md").read_text()
