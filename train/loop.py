@@ -288,10 +288,10 @@ def train_and_evaluate(
     """
     config.validate()
     workdir = Path(workdir)
+    mesh = make_mesh(config)  # a mesh that does not fit the devices, the batch or E fails before anything is written
     workdir.mkdir(parents=True, exist_ok=True)
     _check_or_write_config(config, workdir)
     dataset = load_data(config) if dataset is None else dataset
-    mesh = make_mesh(config)
     data_sharding = batch_sharding(mesh)
 
     key = jax.random.key(config.seed)

@@ -180,8 +180,8 @@ def test_bad_meshes_are_errors_before_compilation(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         for assignment in overrides:
             config = override(config, assignment)
-        train.train_and_evaluate(config, tmp_path, progress=False)
-    assert not (tmp_path / "checkpoints").exists()
+        train.train_and_evaluate(config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()  # nothing written
 
 
 def test_groups_that_do_not_split_over_the_mesh_are_an_error():
