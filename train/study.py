@@ -8,7 +8,8 @@
     STUDY/plots/        accuracy_vs_time.png (Figures 1, 2), ablation.png (Figure 3)
 
 Default: the ``synthetic`` preset (80 pre-training classes, 10-shot probe on 20 held-out ones, like JFT then
-ImageNet), 1000 steps per run, seeds 0, 1, 2: 42 runs, about 45 minutes on 2 CPU cores. ``--quick`` checks
+ImageNet), 1000 steps per run, seeds 0, 1, 2: 42 runs, measured 53 minutes on 2 CPU cores that were also
+running other jobs (2026-11-23), plus 2 minutes for the timing pass. ``--quick`` checks
 the pipeline in under a minute (the ``tiny`` preset, two routers, one seed, a few steps); its numbers mean
 nothing. Interrupt the study at any time; the same command resumes it.
 """
