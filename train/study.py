@@ -616,8 +616,7 @@ def run_study(spec: StudySpec, studydir, *, progress: bool = True, command: str 
     studydir = Path(studydir)
     studydir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    before = sum((studydir / "runs" / r.name / "summary.json").exists() for r in plan_runs(spec)) if (
-        studydir / "runs").exists() else 0  # fmt: skip
+    before = sum((studydir / "runs" / r.name / "summary.json").exists() for r in plan_runs(spec))
     rows = execute(spec, studydir, progress=progress)
     step_seconds = time_steps(spec, studydir, progress=progress)
     for row in rows:
