@@ -48,3 +48,8 @@ def pytest_sessionfinish(session, exitstatus):
     process = _eight_device_run.get("process")
     if process is not None and process.poll() is None:
         process.kill()
+        process.wait()
+    log = _eight_device_run.get("log")
+    if log is not None:
+        log.close()
+        Path(log.name).unlink(missing_ok=True)
