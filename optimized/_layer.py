@@ -206,6 +206,9 @@ def soft_metrics(combine: Float[Array, "T E S"]) -> dict[str, jax.Array]:
 # ------------------------------------------------------------------------------------------------ MoELayer
 
 
+SINKHORN_STYLES = ("paper", "vmoe")
+
+
 def _router_dtype(x):
     return jnp.promote_types(x.dtype, jnp.float32)
 
@@ -229,6 +232,10 @@ class MoELayer(eqx.Module):
     noise_std = 1/E, as V-MoE) and none at inference; the importance loss is taken on the softmax of the
     noisy logits and the load loss compares clean and noisy logits (Appendix A). Sinkhorn Token Choice gets
     the importance loss only (it has no noise). The defaults weigh each loss 0.005 (V-MoE's 0.01 total).
+    Choice: ``sinkhorn_style="paper"`` (the default) gives the Sinkhorn routers no noise, as the paper's text
+    (Sinkhorn balances by itself); ``"vmoe"`` follows the authors' released router code
+    (``vmoe/projects/sparsity_constrained_ot/kl_projection_routing.py``): noise N(0, noise_std^2) on the logits
+    in training for both Sinkhorn routers, and the importance and load losses for Sinkhorn Token Choice.
     Choice: the router weights start from N(0, 0.02^2) rather than zero, so that Expert Choice does not
     begin with every expert choosing the same tokens by the tie rule.
     """
@@ -247,6 +254,7 @@ class MoELayer(eqx.Module):
     sparse_ot_learning_rate: float = eqx.field(static=True)
     combine_from: str = eqx.field(static=True)
     soft_moe_normalize: bool = eqx.field(static=True)
+    sinkhorn_style: str = eqx.field(static=True)
     router_weight: Array  # W (D, E) for sparse routers, phi (D, E, S) for Soft MoE
     experts: MLPExperts
     scale: Array | None  # Soft MoE normalization scale, when soft_moe_normalize
@@ -268,6 +276,7 @@ class MoELayer(eqx.Module):
         sparse_ot_learning_rate: float = 1e-2,
         combine_from: str = "softmax",
         soft_moe_normalize: bool = False,
+        sinkhorn_style: str = "paper",
         key: PRNGKeyArray,
     ):
         self.router = check_router(router)
@@ -300,6 +309,9 @@ class MoELayer(eqx.Module):
             )
         self.combine_from = combine_from
         self.soft_moe_normalize = bool(soft_moe_normalize)
+        if sinkhorn_style not in SINKHORN_STYLES:
+            raise ValueError(f"sinkhorn_style must be one of {', '.join(SINKHORN_STYLES)}; got {sinkhorn_style!r}")
+        self.sinkhorn_style = sinkhorn_style
 
         k_router, k1, k2 = jax.random.split(key, 3)
         if router == "soft_moe":
@@ -344,6 +356,30 @@ class MoELayer(eqx.Module):
             return jnp.einsum("tes,esd->td", state.astype(outputs.dtype), outputs)
         return scatter_slots(outputs, state, self.group_size)
 
+    def token_expert_weights(
+        self, x: Float[Array, "T D"], *, key: PRNGKeyArray | None = None, inference: bool = True
+    ) -> Float[Array, "T E"]:
+        """The weight with which each expert's output reaches each token of one group: (T, E).
+
+        Sparse routers: ``w[t, r] = sum over the slots c of expert r holding token t of weight[r, c]``, so
+        ``y[t] = sum_r w[t, r] MLP_r(x[t])`` (eq. 2); a token no expert took (dropped) has an all-zero row.
+        Soft MoE: ``w[t, r] = sum_s combine[t, r, s]``, the share of token t's output that comes from expert r's
+        slots (each row sums to 1; expert r's slots mix every token of the group, so this is not
+        ``MLP_r(x[t])``). The routing is the one ``dispatch`` computes, with the same ``key`` and ``inference``.
+
+        >>> layer = MoELayer("softmax_token_choice", width=8, hidden=16, num_experts=4, group_size=16,
+        ...                  key=jax.random.key(0))
+        >>> layer.token_expert_weights(jnp.ones((16, 8))).shape
+        (16, 4)
+        """
+        _, state, _ = self.dispatch(x, key=key, inference=inference)
+        if self.router == "soft_moe":
+            return state.sum(axis=-1)
+        gate = jnp.where(state.valid, state.weight, 0)
+        experts = jnp.broadcast_to(jnp.arange(self.num_experts)[:, None], state.token_index.shape)
+        weights = jnp.zeros((self.group_size, self.num_experts), gate.dtype)
+        return weights.at[state.token_index, experts].add(gate, mode="drop")  # empty slots (index T) drop out
+
     def _soft_dispatch(self, x):
         phi = self.router_weight
         x32 = x.astype(_router_dtype(x))
@@ -361,10 +397,13 @@ class MoELayer(eqx.Module):
         dtype = _router_dtype(x)
         logits = x.astype(dtype) @ self.router_weight.astype(dtype)
         clean_logits = logits
-        noisy = self.router == "softmax_token_choice" and not inference and self.noise_std > 0
+        noisy_router = self.router == "softmax_token_choice" or (
+            self.sinkhorn_style == "vmoe" and self.router in SINKHORN_ROUTERS
+        )
+        noisy = noisy_router and not inference and self.noise_std > 0
         if noisy:
             if key is None:
-                raise ValueError("softmax_token_choice needs a key in training (for its noise); pass key=...")
+                raise ValueError(f"{self.router} needs a key in training (for its noise); pass key=...")
             logits = logits + self.noise_std * jax.random.normal(key, logits.shape, dtype)
         routing, plan_error = sparse_routing(
             self.router,

@@ -53,7 +53,10 @@ class ViTMoEConfig:
     sparse_ot_learning_rate: float = 1e-2
     combine_from: str = "softmax"  # "plan": the Sinkhorn "without softmax combine" ablation (Figure 3)
     soft_moe_normalize: bool = False
+    sinkhorn_style: str = "paper"  # "vmoe": training noise for both Sinkhorn routers, load loss for Sinkhorn TC
     dense: bool = False  # True: a plain ViT (every block an MLP), the dense baseline
+    freeze_router: bool = False  # True: the router weights keep their random initialization (the training loop
+    # gives them no update): the fixed random-routing control
     dtype: str = "float32"  # compute dtype of the matmuls: "float32" or "bfloat16"
 
     def replace(self, **changes) -> ViTMoEConfig:
@@ -160,6 +163,7 @@ class _Block(eqx.Module):
                 sparse_ot_learning_rate=config.sparse_ot_learning_rate,
                 combine_from=config.combine_from,
                 soft_moe_normalize=config.soft_moe_normalize,
+                sinkhorn_style=config.sinkhorn_style,
                 key=k_moe,
             )
         else:
@@ -186,12 +190,7 @@ class _Block(eqx.Module):
             w1, b1, w2, b2 = (a.astype(dtype) for a in self.mlp)
             return x + (jax.nn.gelu(h @ w1 + b1) @ w2 + b2).astype(jnp.float32), None
         b, n, d = h.shape
-        if b % self.group_images:
-            raise ValueError(
-                f"the batch of {b} images must be a multiple of group_images = {self.group_images} "
-                "(images per routing group)"
-            )
-        groups = h.reshape(b // self.group_images, self.group_images * n, d)
+        groups = self._groups(h)
         keys = jax.random.split(key, groups.shape[0])
         y, aux = moe_over_groups(self.moe, groups, keys, inference)  # vmap, or expert-parallel under a mesh
         metrics = {  # over the groups: min of minima, max of maxima, mean of the rest
@@ -199,6 +198,25 @@ class _Block(eqx.Module):
             for name, value in aux.items()
         }
         return x + y.reshape(b, n, d).astype(jnp.float32), metrics
+
+    def _groups(self, h: Float[Array, "B N D"]) -> Float[Array, "G T D"]:
+        """The routing groups of the MoE layer: ``group_images`` consecutive images' tokens flattened together."""
+        b, n, d = h.shape
+        if b % self.group_images:
+            raise ValueError(
+                f"the batch of {b} images must be a multiple of group_images = {self.group_images} "
+                "(images per routing group)"
+            )
+        return h.reshape(b // self.group_images, self.group_images * n, d)
+
+    def token_expert_weights(self, x: Float[Array, "B N D"], key, inference: bool) -> Float[Array, "B N E"]:
+        """``MoELayer.token_expert_weights`` of the tokens entering this MoE block, on the groups and keys
+        ``__call__`` routes (the attention and the layer norm run again: this is for inspection, not training)."""
+        b, n, _ = x.shape
+        groups = self._groups(_layer_norm(self._attention(x), *self.ln2).astype(DTYPES[self.dtype]))
+        keys = jax.random.split(key, groups.shape[0])
+        weights = jax.vmap(lambda g, k: self.moe.token_expert_weights(g, key=k, inference=inference))(groups, keys)
+        return weights.reshape(b, n, -1)
 
 
 class _Pair(eqx.Module):
@@ -221,7 +239,8 @@ class ViTMoE(eqx.Module):
     ``model(images, key=..., inference=False)`` maps a batch (B, H, W, ch) to class logits (B, classes) and
     ``aux``: ``aux["loss"]`` is the summed auxiliary loss of the MoE layers and ``aux["moe"]`` maps each
     name of ``METRIC_NAMES`` to an array with one value per MoE layer. ``model.features(images)`` is the
-    pre-head representation (after the final layer norm and pooling) used by the few-shot linear probe.
+    pre-head representation (after the final layer norm and pooling) used by the few-shot linear probe;
+    ``model.expert_weights(images)`` (L, B, N, E) shows what the routers did, for the plots of ``train.visualize``.
     B must be a multiple of ``config.group_images`` for the sparse routers.
     """
 
@@ -288,10 +307,44 @@ class ViTMoE(eqx.Module):
         aux = {"loss": jnp.sum(metrics.pop("loss")), "moe": metrics}
         return pooled, aux
 
+    def expert_weights(
+        self, images: Float[Array, "B H W ch"], *, key: PRNGKeyArray | None = None, inference: bool = True
+    ) -> Float[Array, "L B N E"]:
+        """For each of the L = depth / 2 MoE layers, the weight with which each expert's output reaches each patch.
+
+        The forward pass of ``features`` (same groups, same keys), returning at every MoE block the
+        ``MoELayer.token_expert_weights`` of the tokens entering it, reshaped to (B, N, E): for sparse routers
+        the combine weight of each expert that processed the patch (an all-zero row: a dropped patch), for Soft
+        MoE each expert's share of the patch's output (rows sum to 1). N counts patches only: with
+        ``pool="cls"`` the class token's row is left out. Routing depends on which images share a group, so
+        pass the batch in the order whose routing you want to see (evaluation: ``train.loop._in_batches``).
+        A separate code path: ``features`` and ``__call__`` are unchanged.
+        """
+        if self.config.dense:
+            raise ValueError("expert_weights: a dense model (config.dense = True) has no routers and no experts")
+        x = self._tokens(images)
+        num_pairs = self.config.depth // 2
+        keys = jax.random.split(jax.random.key(0) if key is None else key, num_pairs)
+        params, static = eqx.partition(self.pairs, eqx.is_array)
+
+        def body(x, layer):
+            layer_params, layer_key = layer
+            pair = eqx.combine(layer_params, static)
+            x, _ = pair.first(x, layer_key, inference)
+            weights = pair.second.token_expert_weights(x, layer_key, inference)
+            x, _ = pair.second(x, layer_key, inference)
+            return x, weights
+
+        _, weights = jax.lax.scan(body, x, (params, keys))
+        return weights[:, :, 1:] if self.config.pool == "cls" else weights
+
     def __call__(
         self, images: Float[Array, "B H W ch"], *, key: PRNGKeyArray | None = None, inference: bool = False
     ) -> tuple[Float[Array, "B classes"], dict]:
-        if not inference and key is None and self.config.router == "softmax_token_choice" and not self.config.dense:
-            raise ValueError("training softmax_token_choice needs a key for its noise: pass key=...")
+        noisy = self.config.router == "softmax_token_choice" or (
+            self.config.sinkhorn_style == "vmoe" and "sinkhorn" in self.config.router
+        )
+        if not inference and key is None and noisy and not self.config.dense:
+            raise ValueError(f"training {self.config.router} needs a key for its noise: pass key=...")
         pooled, aux = self.features(images, key=key, inference=inference)
         return pooled @ self.head_w + self.head_b, aux

@@ -136,3 +136,85 @@ def test_fewshot_cli_on_a_trained_workdir(tmp_path, tiny, tiny_data):
     assert result["step"] == 2 and result["shots"] == 5 and 0 <= result["accuracy"] <= 1
     with pytest.raises(FileNotFoundError, match="not a training workdir"):
         evaluate_workdir(tmp_path / "nothing")
+
+
+# ------------------------------------------------------------------------- evaluation independent of storage
+
+
+def test_evaluation_does_not_depend_on_how_the_test_set_is_stored(tmp_path, tiny_data):
+    # An Expert Choice model (it routes the best tokens of a whole group of images per expert, so a token's output
+    # depends on its group mates), trained a few steps so that its head is not zero.
+    from train.loop import _features, _in_batches, batch_sharding, evaluate_accuracy, make_mesh
+    from train.loop import evaluation_order as order_of
+
+    config = resolve("tiny", router="softmax_expert_choice", steps=6, overrides=("eval_every=6",))
+    train.train_and_evaluate(config, tmp_path, progress=False, dataset=tiny_data)
+    model = saved_params(tmp_path, config)[0]
+    sharding = batch_sharding(make_mesh(config))
+    by_class = np.argsort(tiny_data.test_labels, kind="stable")
+    shuffled = np.random.default_rng(0).permutation(len(by_class))
+    images, labels = tiny_data.test_images, tiny_data.test_labels
+    sorted_acc = evaluate_accuracy(model, images[by_class], labels[by_class], config.batch_size, sharding)
+    shuffled_acc = evaluate_accuracy(model, images[shuffled], labels[shuffled], config.batch_size, sharding)
+    assert abs(sorted_acc - shuffled_acc) <= 0.005  # the promise; in fact the two are equal:
+    assert sorted_acc == shuffled_acc
+    def in_stored_order(copy_index, features):  # features of images[copy_index], back in the order of `images`
+        out = np.full((len(images), *features.shape[1:]), np.nan, features.dtype)
+        out[copy_index] = features
+        return out
+
+    features = [in_stored_order(idx, _in_batches(_features, model, images[idx], config.batch_size, sharding))
+                for idx in (by_class, shuffled)]  # fmt: skip
+    np.testing.assert_array_equal(features[0], features[1])
+    # ... while walking the two copies in stored order, as evaluation did before, changes the features: the test
+    # above would catch an evaluation that groups images by how they are stored.
+    full = len(images) - len(images) % config.batch_size
+    walked = [in_stored_order(idx[:full], np.concatenate([np.asarray(_features(model, images[idx[i : i + 8]]))
+                                                           for i in range(0, full, 8)]))
+              for idx in (by_class, shuffled)]  # fmt: skip
+    both = np.isin(np.arange(len(images)), by_class[:full]) & np.isin(np.arange(len(images)), shuffled[:full])
+    assert np.abs(walked[0][both] - walked[1][both]).max() > 1e-3
+    # the order is a function of the images alone: the same for any copy of the set
+    np.testing.assert_array_equal(by_class[order_of(images[by_class])], shuffled[order_of(images[shuffled])])
+
+
+def test_a_partial_last_batch_is_filled_with_real_images():
+    from train.loop import _in_batches
+
+    images = np.arange(1, 11, dtype=np.float32).reshape(10, 1, 1, 1) * np.ones((1, 2, 2, 1), np.float32)
+    seen = []
+
+    def fn(model, x):
+        seen.append(np.asarray(x))
+        return np.asarray(x)[:, 0, 0, 0] * 10
+
+    out = _in_batches(fn, None, images, 4, None)  # 10 images in batches of 4: the third batch needs 2 more
+    np.testing.assert_array_equal(out, np.arange(1, 11) * 10)  # outputs back in stored order
+    assert len(seen) == 3 and all(batch.shape == (4, 2, 2, 1) for batch in seen)
+    values = np.concatenate([batch[:, 0, 0, 0] for batch in seen])
+    assert set(values.tolist()) == set(range(1, 11))  # no blank image: every image in a batch is a real one
+    assert sorted(values[:10].tolist()) == list(range(1, 11)) and len(set(values[10:]) & set(values[:2])) == 2
+
+
+def test_seed_sets_the_data_order_and_data_seed_the_data(tmp_path, tiny, tiny_data):
+    from train.loop import BatchOrder
+
+    # the order is drawn from config.seed: two seeds differ, the same seed repeats
+    assert not np.array_equal(BatchOrder(100, 10, 0).indices(0), BatchOrder(100, 10, 1).indices(0))
+    np.testing.assert_array_equal(BatchOrder(100, 10, 3).indices(7), BatchOrder(100, 10, 3).indices(7))
+    a = train.train_and_evaluate(tiny.replace(steps=2, seed=0), tmp_path / "a", progress=False, dataset=tiny_data)
+    b = train.train_and_evaluate(tiny.replace(steps=2, seed=1), tmp_path / "b", progress=False, dataset=tiny_data)
+    assert a["fewshot_draw_accuracies"] != b["fewshot_draw_accuracies"] or a["final_train_loss"] != b[
+        "final_train_loss"]  # fmt: skip
+    assert len(a["fewshot_draw_accuracies"]) == tiny.fewshot_draws == 5
+
+
+def test_frozen_router_gets_no_update(tmp_path, tiny, tiny_data):
+    config = tiny.replace(steps=3, model=tiny.model.replace(freeze_router=True, noise_std=0.0))
+    train.train_and_evaluate(config, tmp_path, progress=False, dataset=tiny_data)
+    from optimized import ViTMoE
+
+    trained = saved_params(tmp_path, config)[0]
+    initial = ViTMoE(config.model, key=jax.random.split(jax.random.key(config.seed))[0])
+    np.testing.assert_array_equal(trained.pairs.second.moe.router_weight, initial.pairs.second.moe.router_weight)
+    assert not np.array_equal(trained.pairs.second.moe.experts.w1, initial.pairs.second.moe.experts.w1)

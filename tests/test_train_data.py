@@ -158,6 +158,72 @@ def test_synthetic_options():
 # -------------------------------------------------------------------------------------------------- batches
 
 
+PARTS_SMALL = dict(num_classes=24, heldout_classes=4, images_per_class=40, test_per_class=10, fewshot_pool_per_class=12,
+                   image_size=16)  # fmt: skip
+
+
+def test_parts_shapes_splits_and_determinism():
+    a = D.load("parts", **PARTS_SMALL)
+    # 20 pre-training classes x 40 train / x 10 test; 4 held-out classes x 12 pool / x 10 test, labels from 0
+    assert a.train_images.shape == (800, 16, 16, 1) and a.test_images.shape == (200, 16, 16, 1)
+    assert a.fewshot_train_images.shape == (48, 16, 16, 1) and a.fewshot_test_images.shape == (40, 16, 16, 1)
+    assert np.bincount(a.train_labels).tolist() == [40] * 20 and np.bincount(a.fewshot_test_labels).tolist() == [10] * 4
+    assert a.num_classes == 20 and a.fewshot_num_classes == 4 and a.fewshot_class_names[0] == "parts_020"
+    # normalized with the train split's statistics
+    assert abs(float(a.train_images.mean())) < 1e-4 and abs(float(a.train_images.std()) - 1) < 1e-3
+    b = D.load("parts", **PARTS_SMALL)
+    np.testing.assert_array_equal(a.train_images, b.train_images)
+    np.testing.assert_array_equal(a.fewshot_test_images, b.fewshot_test_images)
+    c = D.load("parts", **{**PARTS_SMALL, "seed": 1})
+    assert not np.allclose(a.train_images, c.train_images)
+
+
+def test_parts_class_depends_only_on_seed_and_index():
+    # Class 3's raw images are the same whatever the other classes are: undo each dataset's normalization.
+    small = D.load("parts", **PARTS_SMALL)
+    more = D.load("parts", **{**PARTS_SMALL, "num_classes": 30, "heldout_classes": 5})
+    raw = [d.train_images[d.train_labels == 3] * d.std[0] + d.mean[0] for d in (small, more)]
+    np.testing.assert_allclose(raw[0], raw[1], atol=1e-5)
+
+
+def test_parts_vocabulary_families():
+    vocab = D.parts_vocabulary(8, 1, seed=0)
+    assert vocab.shape == (D.PARTS_FAMILIES + 1, D.PARTS_VARIANTS, 8, 8, 1)
+    np.testing.assert_allclose(np.sqrt(np.mean(vocab**2, axis=(2, 3, 4))), 1.0, rtol=1e-5)  # unit RMS per pixel
+    flat = vocab.reshape(D.PARTS_FAMILIES + 1, D.PARTS_VARIANTS, -1)
+    flat = flat / np.linalg.norm(flat, axis=-1, keepdims=True)
+    within = np.mean([flat[f] @ flat[f].T for f in range(D.PARTS_FAMILIES + 1)], axis=0)[~np.eye(D.PARTS_VARIANTS,
+                                                                                              dtype=bool)]  # fmt: skip
+    across = np.abs(flat[0] @ flat[1].T)
+    # variants of a family share its base pattern (cosine about 1 / (1 + 0.8^2) = 0.61); families are unrelated
+    assert within.mean() > 0.4 and across.mean() < 0.3
+
+
+def test_parts_classes_are_not_in_pixel_positions():
+    # The parts of a class land at random cells of each image: a nearest-class-mean classifier on pixels is near
+    # chance (5% for 20 classes). A model has to recognize parts wherever they are.
+    d = D.load("parts", **PARTS_SMALL)
+    x = d.train_images.reshape(len(d.train_images), -1)
+    means = np.stack([x[d.train_labels == c].mean(0) for c in range(d.num_classes)])
+    test = d.test_images.reshape(len(d.test_images), -1)
+    accuracy = np.mean(np.argmin(((test[:, None] - means[None]) ** 2).sum(-1), 1) == d.test_labels)
+    assert accuracy < 0.15
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"image_size": 18}, "multiple of 4"),
+        ({"num_classes": 5, "heldout_classes": 4}, "at least 2 pre-training and 2 held-out"),
+        ({"heldout_classes": 1}, "at least 2 pre-training and 2 held-out"),
+        ({"fewshot_pool_per_class": 0}, "'fewshot_pool_per_class' must be >= 1"),
+    ],
+)
+def test_parts_options(options, message):
+    with pytest.raises(ValueError, match=message):
+        D.load("parts", **{**PARTS_SMALL, **options})
+
+
 def test_batches_are_deterministic_and_cover_each_example_at_most_once_per_epoch():
     n, size = 103, 10
     images, labels = np.arange(n) * 10, np.arange(n)
@@ -403,7 +469,7 @@ def test_imagefolder_bad_directories(tmp_path):
 
 
 def test_unknown_dataset_lists_the_valid_ones():
-    with pytest.raises(ValueError, match=r"unknown dataset 'mnist'.*digits, synthetic, cifar10, imagefolder"):
+    with pytest.raises(ValueError, match=r"unknown dataset 'mnist'.*digits, synthetic, parts, cifar10, imagefolder"):
         D.load("mnist")
 
 

@@ -19,6 +19,14 @@ The datasets (``DATASETS``), their options (``OPTIONS``, with defaults) and what
   re-phased, noisy copy with one random distractor patch. ``heldout_classes`` (20) classes are never seen in
   pre-training; the few-shot probe uses them (as the paper pre-trains on JFT and probes on ImageNet).
   ``images_per_class`` (100) train and ``test_per_class`` (20) test images per class.
+- ``parts``: classes composed of parts, the router study's task (``_load_parts``): ``num_classes`` (150)
+  classes of ``image_size`` (32) square images on a 4 x 4 grid of cells; a class is one part from each of four
+  families of ``PARTS_VARIANTS`` part templates, placed at random cells of each image, with two parts of a
+  fifth, distractor family, a one-pixel shift and pixel noise. ``heldout_classes`` (50) new combinations of the
+  same parts are kept for the probe (``fewshot_pool_per_class`` (20) images per class to draw shots from,
+  ``test_per_class`` (100) test images); the others pre-train (``images_per_class`` (500) train and
+  ``test_per_class`` test images): 50,000 train, 10,000 test, probe 1,000 + 5,000. Pixel baselines are at
+  chance level: a model has to recognize parts wherever they are.
 - ``cifar10``: a local CIFAR-10 "python version" directory (``path``); 50000 train, 10000 test, 10 classes.
   Few-shot: the same classes (train split / test split).
 - ``imagefolder``: ``path`` holds one sub-folder per class of image files; a stratified split by
@@ -43,7 +51,7 @@ import numpy as np
 
 __all__ = ["DATASETS", "OPTIONS", "Dataset", "batch_at", "batches", "epoch_order", "load", "num_batches"]
 
-DATASETS = ("digits", "synthetic", "cifar10", "imagefolder")
+DATASETS = ("digits", "synthetic", "parts", "cifar10", "imagefolder")
 
 # Every option of every dataset with its default (None: required). ``load`` rejects any other name.
 OPTIONS: dict[str, dict[str, object]] = {
@@ -58,6 +66,17 @@ OPTIONS: dict[str, dict[str, object]] = {
         "noise": 0.3,
         "seed": 0,
     },
+    "parts": {
+        "num_classes": 150,
+        "heldout_classes": 50,
+        "images_per_class": 500,
+        "test_per_class": 100,
+        "fewshot_pool_per_class": 20,
+        "image_size": 32,
+        "channels": 1,
+        "noise": 0.5,
+        "seed": 0,
+    },
     "cifar10": {"path": None, "image_size": 32, "channels": 3},
     "imagefolder": {"path": None, "image_size": 32, "channels": 3, "test_fraction": 0.25, "seed": 0},
 }
@@ -66,6 +85,7 @@ OPTIONS: dict[str, dict[str, object]] = {
 _SPLIT_STREAM = 1
 _ORDER_STREAM = 2
 _SYNTHETIC_STREAM = 3
+_PARTS_STREAM = 4
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -169,10 +189,10 @@ def load(name: str, **options) -> Dataset:
     if "path" in resolved:
         resolved["path"] = _path_option(name, resolved["path"])
     for key in ("image_size", "channels", "seed", "num_classes", "heldout_classes", "images_per_class",
-                "test_per_class"):  # fmt: skip
+                "test_per_class", "fewshot_pool_per_class"):  # fmt: skip
         if key in resolved:
             resolved[key] = _int_option(key, resolved[key], minimum=0 if key in ("seed", "heldout_classes") else 1)
-    if "channels" in resolved and name != "synthetic" and resolved["channels"] not in (1, 3):
+    if "channels" in resolved and name not in ("synthetic", "parts") and resolved["channels"] not in (1, 3):
         raise ValueError(f"option 'channels' must be 1 or 3 for {name!r}, got {resolved['channels']}")
     if "test_fraction" in resolved:
         resolved["test_fraction"] = _float_option("test_fraction", resolved["test_fraction"], 0.0, 1.0)
@@ -542,6 +562,146 @@ def _load_synthetic(
     )  # fmt: skip
 
 
+# ---------------------------------------------------------------------------------------------------- parts
+
+PARTS_GRID = 4  # an image is a PARTS_GRID x PARTS_GRID grid of cells; a ViT with patch = image_size / 4 sees a cell
+PARTS_FAMILIES = 4  # families classes are made of; one more, the distractor family, is never part of a class
+PARTS_VARIANTS = 64  # part types per family
+PARTS_PER_CLASS = 4  # one part of each family
+PARTS_DISTRACTORS = 2  # parts of the distractor family in every image
+PARTS_DROP = 0.2  # probability that one of a class's parts is missing from an image
+PARTS_SHIFT = 1  # the whole image moves by up to this many pixels in x and y
+
+
+def _blur(x: np.ndarray) -> np.ndarray:
+    """A 3x3 box blur over the last two axes (edges repeated): smooth, blob-like part templates."""
+    padded = np.pad(x, [(0, 0)] * (x.ndim - 2) + [(1, 1), (1, 1)], mode="edge")
+    h, w = x.shape[-2:]
+    return sum(padded[..., i : i + h, j : j + w] for i in range(3) for j in range(3)) / 9.0
+
+
+def parts_vocabulary(cell: int, channels: int, seed: int) -> np.ndarray:
+    """The part templates, (PARTS_FAMILIES + 1, PARTS_VARIANTS, cell, cell, channels), unit RMS per pixel.
+
+    A family is a smooth random pattern; its variants are that pattern plus a variant-specific smooth pattern of
+    0.8 times its norm. Tokens of one family look alike (an expert can specialize in a family) and telling its
+    variants apart needs finer features.
+    """
+    rng = np.random.default_rng((seed, _PARTS_STREAM))
+
+    def unit(x):  # unit RMS over each template's pixels
+        return x / np.sqrt(np.mean(x**2, axis=(-3, -2, -1), keepdims=True))
+
+    shape = (channels, cell, cell)  # blurred over the last two axes, then channels last
+    base = _blur(rng.normal(size=(PARTS_FAMILIES + 1, 1, *shape))).transpose(0, 1, 3, 4, 2)
+    detail = _blur(rng.normal(size=(PARTS_FAMILIES + 1, PARTS_VARIANTS, *shape))).transpose(0, 1, 3, 4, 2)
+    return unit(unit(base) + 0.8 * unit(detail)).astype(np.float32)
+
+
+def _parts_class(rng: np.random.Generator) -> np.ndarray:
+    """A class: for family i < PARTS_PER_CLASS, the variant of family i it is made of."""
+    return rng.integers(0, PARTS_VARIANTS, PARTS_PER_CLASS)
+
+
+def _parts_images(vocabulary, variants, count, size, noise, rng) -> np.ndarray:
+    """``count`` (size, size, channels) images of one class.
+
+    Each image places the class's parts (each missing with probability PARTS_DROP) and PARTS_DISTRACTORS parts
+    of the distractor family (the last one, never part of a class) at distinct random cells, each with an
+    amplitude in [0.7, 1.3]; then shifts the whole picture by up to PARTS_SHIFT pixels and adds Gaussian pixel
+    noise of std ``noise``.
+    """
+    _, _, cell, _, channels = vocabulary.shape
+    cells = PARTS_GRID * PARTS_GRID
+    where = np.argsort(rng.random((count, cells)), axis=1)[:, : PARTS_PER_CLASS + PARTS_DISTRACTORS]
+    present = np.concatenate([rng.random((count, PARTS_PER_CLASS)) >= PARTS_DROP,
+                              np.ones((count, PARTS_DISTRACTORS), bool)], axis=1)  # fmt: skip
+    amplitude = rng.uniform(0.7, 1.3, where.shape).astype(np.float32) * present
+    family = np.concatenate([np.arange(PARTS_PER_CLASS), np.full(PARTS_DISTRACTORS, PARTS_FAMILIES)])
+    variant = np.concatenate([np.broadcast_to(variants, (count, PARTS_PER_CLASS)),
+                              rng.integers(0, PARTS_VARIANTS, (count, PARTS_DISTRACTORS))], axis=1)  # fmt: skip
+    grid = np.zeros((count, cells, cell, cell, channels), np.float32)
+    rows = np.arange(count)[:, None]
+    grid[rows, where] = vocabulary[family[None, :], variant] * amplitude[:, :, None, None, None]
+    side = PARTS_GRID * cell
+    images = grid.reshape(count, PARTS_GRID, PARTS_GRID, cell, cell, channels).transpose(0, 1, 3, 2, 4, 5)
+    images = images.reshape(count, side, side, channels)
+    if side != size:
+        images = _resize(images, size)
+    shift = rng.integers(-PARTS_SHIFT, PARTS_SHIFT + 1, (count, 2))
+    padded = np.pad(images, [(0, 0), (PARTS_SHIFT, PARTS_SHIFT), (PARTS_SHIFT, PARTS_SHIFT), (0, 0)])
+    ys = PARTS_SHIFT - shift[:, 0, None] + np.arange(size)  # (count, size)
+    xs = PARTS_SHIFT - shift[:, 1, None] + np.arange(size)
+    images = padded[np.arange(count)[:, None, None], ys[:, :, None], xs[:, None, :]]
+    return (images + rng.normal(0, noise, images.shape)).astype(np.float32)
+
+
+def _load_parts(
+    *,
+    num_classes: int,
+    heldout_classes: int,
+    images_per_class: int,
+    test_per_class: int,
+    fewshot_pool_per_class: int,
+    image_size: int,
+    channels: int,
+    noise: float,
+    seed: int,
+) -> Dataset:
+    """Classes composed of parts: a task where tokens differ in kind and experts can specialize.
+
+    An image is a 4 x 4 grid of cells (a ViT with ``patch_size = image_size / 4`` sees one cell per token). There
+    are ``PARTS_FAMILIES`` families of ``PARTS_VARIANTS`` part templates each (``parts_vocabulary``). A class puts
+    one part of each family at its own four cells; an image of the class shows each of them with probability
+    0.8 (amplitude 0.7-1.3), two distractor parts of any family at other cells, the whole picture shifted by up
+    to a pixel, and pixel noise. So the class is spread over four part-specific patches, no single patch decides
+    it, and half the tokens of a group are background or distractors a router can learn to skip.
+
+    The first ``num_classes - heldout_classes`` classes pre-train (``images_per_class`` train and
+    ``test_per_class`` test images each); the last ``heldout_classes`` are new combinations of the same parts,
+    kept for the few-shot probe (``fewshot_pool_per_class`` images per class to draw shots from, and
+    ``test_per_class`` test images), as the paper pre-trains on JFT and probes on ImageNet. Class ``c``'s images
+    come from ``default_rng((seed, c, k, tag))``: deterministic, and independent of the other classes.
+    ``image_size`` must be a multiple of 4; the templates are drawn at ``image_size / 4`` pixels per cell.
+    """
+    if image_size % PARTS_GRID:
+        raise ValueError(f"option 'image_size' must be a multiple of {PARTS_GRID} for 'parts', got {image_size}")
+    if num_classes - heldout_classes < 2 or heldout_classes < 2:
+        raise ValueError(
+            f"options num_classes={num_classes}, heldout_classes={heldout_classes}: need at least 2 pre-training "
+            "and 2 held-out classes"
+        )
+    cell = image_size // PARTS_GRID
+    vocabulary = parts_vocabulary(cell, channels, seed)
+    pretrain = num_classes - heldout_classes
+    splits = {"train": ([], []), "test": ([], []), "fewshot_train": ([], []), "fewshot_test": ([], [])}
+    for c in range(num_classes):
+        variants = _parts_class(np.random.default_rng((seed, c, 0, _PARTS_STREAM)))
+        if c < pretrain:
+            wanted = (("train", images_per_class, c), ("test", test_per_class, c))
+        else:
+            wanted = (("fewshot_train", fewshot_pool_per_class, c - pretrain), ("fewshot_test", test_per_class,
+                                                                                c - pretrain))  # fmt: skip
+        for k, (split, count, label) in enumerate(wanted, start=1):
+            rng = np.random.default_rng((seed, c, k, _PARTS_STREAM))
+            splits[split][0].append(_parts_images(vocabulary, variants, count, image_size, noise, rng))
+            splits[split][1].append(np.full(count, label, np.int32))
+    arrays = {name: (np.concatenate(images), np.concatenate(labels)) for name, (images, labels) in splits.items()}
+    mean, std = _normalize(*(images for images, _ in arrays.values()))
+    options = dict(num_classes=num_classes, heldout_classes=heldout_classes, images_per_class=images_per_class,
+                   test_per_class=test_per_class, fewshot_pool_per_class=fewshot_pool_per_class,
+                   image_size=image_size, channels=channels, noise=noise, seed=seed)  # fmt: skip
+    names = tuple(f"parts_{c:03d}" for c in range(num_classes))
+    return Dataset(
+        name="parts", train_images=arrays["train"][0], train_labels=arrays["train"][1],
+        test_images=arrays["test"][0], test_labels=arrays["test"][1], num_classes=pretrain,
+        class_names=names[:pretrain], fewshot_train_images=arrays["fewshot_train"][0],
+        fewshot_train_labels=arrays["fewshot_train"][1], fewshot_test_images=arrays["fewshot_test"][0],
+        fewshot_test_labels=arrays["fewshot_test"][1], fewshot_num_classes=heldout_classes,
+        fewshot_class_names=names[pretrain:], mean=mean, std=std, options=options,
+    )  # fmt: skip
+
+
 # -------------------------------------------------------------------------------------------------- cifar10
 
 _CIFAR_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -726,6 +886,7 @@ def _load_imagefolder(*, path: str, image_size: int, channels: int, test_fractio
 _LOADERS = {
     "digits": _load_digits,
     "synthetic": _load_synthetic,
+    "parts": _load_parts,
     "cifar10": _load_cifar10,
     "imagefolder": _load_imagefolder,
 }

@@ -54,8 +54,10 @@ def main(argv=None) -> int:
     except (FileNotFoundError, checkpoint.CorruptCheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    draws = ", ".join(f"{100 * a:.2f}" for a in result["draw_accuracies"])
     print(f"step {result['step']}: {result['shots']}-shot linear-probe accuracy {100 * result['accuracy']:.2f}% "
-          f"(l2 = {result['l2']:g}, {result['num_classes']} classes)")  # fmt: skip
+          f"(mean of {len(result['draw_accuracies'])} draws: {draws}; {result['num_classes']} classes, "
+          f"{result['num_test']} test images)")  # fmt: skip
     return 0
 
 

@@ -13,6 +13,7 @@ continues exactly as if it had never stopped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import sys
@@ -88,6 +89,8 @@ class BatchOrder:
 
 
 def make_optimizer(config: Config):
+    """AdamW with warmup, cosine decay and global-norm clipping; with ``model.freeze_router`` the routers'
+    weights get no update at all (no gradient step, no weight decay): the fixed random-routing control."""
     schedule = optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=config.learning_rate,
@@ -99,7 +102,16 @@ def make_optimizer(config: Config):
         optax.clip_by_global_norm(config.grad_clip_norm),
         optax.adamw(schedule, weight_decay=config.weight_decay),
     )
+    if config.model.freeze_router and not config.model.dense:
+        optimizer = optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()}, _router_labels)
     return optimizer, schedule
+
+
+def _router_labels(params):
+    def label(path, _):
+        return "frozen" if any(getattr(k, "name", None) == "router_weight" for k in path) else "train"
+
+    return jax.tree_util.tree_map_with_path(label, params)
 
 
 def make_mesh(config: Config, devices=None) -> Mesh:
@@ -167,21 +179,41 @@ def _features(model, images):
     return model.features(images, inference=True)[0]
 
 
-def _in_batches(fn, model, images: np.ndarray, batch_size: int, sharding) -> np.ndarray:
-    """Apply ``fn`` over ``images`` in full batches.
+def evaluation_order(images: np.ndarray) -> np.ndarray:
+    """The order in which evaluation groups ``images`` for routing: a permutation that depends only on the images.
 
-    Choice: the last partial batch is padded with blank images; they take part in the routing of their group
-    (sparse routers route groups of images together) and their outputs are discarded.
+    Choice: the images are sorted by a hash of their bytes (BLAKE2b), not taken in stored order. Sparse routers
+    route ``group_images`` consecutive images together, so a token's output depends on the other images of its
+    group; datasets are often stored sorted by class, and walking them in stored order would put one class in
+    every group, which never happens in training (where every batch is a random draw). Hash order mixes classes
+    as training does, and since it depends on the images alone, evaluation gives the same numbers for every
+    ordering of the same set: a shuffled copy, a class-sorted copy. Identical images may come in any order
+    among themselves; their outputs are identical, so nothing measured depends on it.
     """
-    outputs = []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start : start + batch_size]
-        pad = batch_size - len(chunk)
-        if pad:
-            chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-        out = np.asarray(fn(model, jax.device_put(chunk, sharding)))
-        outputs.append(out[: batch_size - pad])
-    return np.concatenate(outputs)
+    images = np.ascontiguousarray(images)
+    rows = images.reshape(len(images), -1).view(np.uint8).reshape(len(images), -1)
+    digests = [hashlib.blake2b(row.tobytes(), digest_size=8).digest() for row in rows]
+    return np.array(sorted(range(len(images)), key=digests.__getitem__), dtype=np.int64)
+
+
+def _in_batches(fn, model, images: np.ndarray, batch_size: int, sharding) -> np.ndarray:
+    """Apply ``fn`` to ``images`` in full batches taken in ``evaluation_order``; outputs in the stored order.
+
+    Choice: when the number of images is not a multiple of ``batch_size``, the last batch is filled with images
+    from the start of the same order (real images, wrapping around), whose outputs are discarded: a padded group
+    holds only real images, mixed as in training, and no blank image takes part in the routing of a real one.
+    """
+    n = len(images)
+    order = evaluation_order(images)
+    index = order[np.arange(math.ceil(n / batch_size) * batch_size) % n]
+    outputs = [
+        np.asarray(fn(model, jax.device_put(images[index[start : start + batch_size]], sharding)))
+        for start in range(0, len(index), batch_size)
+    ]
+    ordered = np.concatenate(outputs)[:n]
+    result = np.empty_like(ordered)
+    result[order] = ordered  # undo the permutation
+    return result
 
 
 def evaluate_accuracy(model, images, labels, batch_size, sharding) -> float:
@@ -190,13 +222,26 @@ def evaluate_accuracy(model, images, labels, batch_size, sharding) -> float:
 
 
 def fewshot(model, dataset, config: Config, sharding) -> dict:
-    """The paper's 10-shot linear probe on frozen pre-head features (sec. 3.3)."""
+    """The paper's 10-shot linear probe on frozen pre-head features (sec. 3.3), averaged over shot draws.
+
+    Draw ``d`` of ``config.fewshot_draws`` uses probe seed ``config.seed * 1000 + d``, so a run's seed fixes
+    its draws and different seeds draw differently. Returns the mean accuracy, each draw's accuracy and l2.
+    """
     train = _in_batches(_features, model, dataset.fewshot_train_images, config.batch_size, sharding)
     test = _in_batches(_features, model, dataset.fewshot_test_images, config.batch_size, sharding)
-    return fewshot_accuracy(
-        train, dataset.fewshot_train_labels, test, dataset.fewshot_test_labels, shots=config.fewshot_shots,
-        seed=config.seed,
-    )  # fmt: skip
+    draws = [
+        fewshot_accuracy(train, dataset.fewshot_train_labels, test, dataset.fewshot_test_labels,
+                         shots=config.fewshot_shots, seed=config.seed * 1000 + d)
+        for d in range(config.fewshot_draws)
+    ]  # fmt: skip
+    return {
+        "accuracy": float(np.mean([d["accuracy"] for d in draws])),
+        "draw_accuracies": [d["accuracy"] for d in draws],
+        "l2": [d["l2"] for d in draws],
+        "shots": config.fewshot_shots,
+        "num_classes": draws[0]["num_classes"],
+        "num_test": draws[0]["num_test"],
+    }
 
 
 # -------------------------------------------------------------------------------------------------- progress
@@ -309,7 +354,10 @@ def train_and_evaluate(
     _truncate_metrics(metrics_path, start)
 
     step_fn = make_step(optimizer, config.label_smoothing, config.model.num_classes)
-    order = BatchOrder(len(dataset.train_labels), config.batch_size, config.data.seed)
+    # Choice: the data order is drawn from the run's seed, not from data.seed (which fixes the dataset): a study's
+    # seeds then vary initialization, data order, noise and probe draws together, and every arm of one seed sees
+    # the same order (a paired design).
+    order = BatchOrder(len(dataset.train_labels), config.batch_size, config.seed)
     end = config.steps if stop_after is None else min(stop_after, config.steps)
     bar = Progress(end, start, progress)
     images_seen, timed_seconds, last_good = 0, 0.0, start
@@ -359,6 +407,7 @@ def train_and_evaluate(
                                               data_sharding)  # fmt: skip
         probe = fewshot(model, dataset, config, data_sharding)
     summary = summarize(config, workdir, test_accuracy, probe, images_seen / timed_seconds if timed_seconds else None)
+    summary |= {"num_test": len(dataset.test_labels), "fewshot_num_test": probe["num_test"]}
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     from .plots import plot_run
 
@@ -392,6 +441,7 @@ def summarize(config: Config, workdir: Path, test_accuracy: float, probe: dict, 
         "fewshot_accuracy": probe["accuracy"],
         "fewshot_shots": probe.get("shots", config.fewshot_shots),
         "fewshot_l2": probe.get("l2"),
+        "fewshot_draw_accuracies": probe.get("draw_accuracies"),
         "images_per_second": images_per_second,
         "final_train_loss": last.get("loss"),
         "moe_layers": layers,
