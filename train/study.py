@@ -1156,7 +1156,7 @@ def main(argv=None) -> int:
     parser.add_argument("--pilot", action="store_true",
                         help="run the pilot that chooses steps and learning rate (writes pilot.json), then stop")
     parser.add_argument("--timing-rounds", type=int,
-                        help=f"interleaved steps timed per configuration (default: {defaults.timing_rounds})")  # fmt: skip
+                        help=f"steps timed per configuration (default: {defaults.timing_rounds})")  # fmt: skip
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     parser.add_argument("--workdir", help="the study's directory (default: studies/<preset>, studies/quick)")
     parser.add_argument("--quick", action="store_true", help="check the pipeline: tiny preset, 2 routers, 2 seeds")
