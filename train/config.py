@@ -149,7 +149,8 @@ def synthetic() -> Config:
 
 def parts() -> Config:
     """Classes composed of parts (``train.data``, ``parts``): 100 pre-training classes, the 10-shot probe on 50
-    held-out ones; the router study's task. A 4-block ViT (width 96) on 32x32 images, patch 8: one part per token.
+    held-out ones; the router study's task. A 4-block ViT (width 96, MLPs and experts of hidden width 64) on 32x32
+    images, patch 8: one part per token, E = 8 experts.
 
     Command: ``python -m train --preset parts``. Steps and learning rate: chosen by the study's pilot
     (``python -m train.study --pilot``). Pixel baselines are at chance (nearest class mean 4.7%, a linear
@@ -159,7 +160,7 @@ def parts() -> Config:
     model = ViTMoEConfig(
         **VARIANTS["mini"], image_size=32, channels=1, num_classes=100, router="softmax_token_choice",
         factor=1, group_images=8,
-    ).replace(patch_size=8, width=96, mlp_dim=192, num_heads=4)  # fmt: skip
+    ).replace(patch_size=8, width=96, mlp_dim=64, num_heads=4)  # fmt: skip
     return Config(
         model=model, data=DataConfig("parts", image_size=32, channels=1, num_classes=150, heldout_classes=50),
         steps=1000, batch_size=64, learning_rate=2e-3, warmup_steps=100, eval_every=200, checkpoint_every=500,

@@ -21,8 +21,8 @@ The datasets (``DATASETS``), their options (``OPTIONS``, with defaults) and what
   ``images_per_class`` (100) train and ``test_per_class`` (20) test images per class.
 - ``parts``: classes composed of parts, the router study's task (``_load_parts``): ``num_classes`` (150)
   classes of ``image_size`` (32) square images on a 4 x 4 grid of cells; a class is one part from each of four
-  families of ``PARTS_VARIANTS`` part templates, placed at random cells of each image, with two parts of a
-  fifth, distractor family, a one-pixel shift and pixel noise. ``heldout_classes`` (50) new combinations of the
+  families of ``PARTS_VARIANTS`` (32) part templates, placed at random cells of each image, inverted 30% of the
+  time, with two parts of a fifth, distractor family, a one-pixel shift and pixel noise. ``heldout_classes`` (50) new combinations of the
   same parts are kept for the probe (``fewshot_pool_per_class`` (20) images per class to draw shots from,
   ``test_per_class`` (100) test images); the others pre-train (``images_per_class`` (500) train and
   ``test_per_class`` test images): 50,000 train, 10,000 test, probe 1,000 + 5,000. Pixel baselines are at
@@ -566,11 +566,12 @@ def _load_synthetic(
 
 PARTS_GRID = 4  # an image is a PARTS_GRID x PARTS_GRID grid of cells; a ViT with patch = image_size / 4 sees a cell
 PARTS_FAMILIES = 4  # families classes are made of; one more, the distractor family, is never part of a class
-PARTS_VARIANTS = 64  # part types per family
+PARTS_VARIANTS = 32  # part types per family
 PARTS_PER_CLASS = 4  # one part of each family
 PARTS_DISTRACTORS = 2  # parts of the distractor family in every image
 PARTS_DROP = 0.2  # probability that one of a class's parts is missing from an image
 PARTS_SHIFT = 1  # the whole image moves by up to this many pixels in x and y
+PARTS_NEGATIVE = 0.3  # probability that a part appears with inverted polarity (its negative)
 
 
 def _blur(x: np.ndarray) -> np.ndarray:
@@ -608,7 +609,7 @@ def _parts_images(vocabulary, variants, count, size, noise, rng) -> np.ndarray:
 
     Each image places the class's parts (each missing with probability PARTS_DROP) and PARTS_DISTRACTORS parts
     of the distractor family (the last one, never part of a class) at distinct random cells, each with an
-    amplitude in [0.7, 1.3]; then shifts the whole picture by up to PARTS_SHIFT pixels and adds Gaussian pixel
+    amplitude in [0.7, 1.3], inverted (multiplied by -1) with probability PARTS_NEGATIVE; then shifts the whole picture by up to PARTS_SHIFT pixels and adds Gaussian pixel
     noise of std ``noise``.
     """
     _, _, cell, _, channels = vocabulary.shape
@@ -616,7 +617,8 @@ def _parts_images(vocabulary, variants, count, size, noise, rng) -> np.ndarray:
     where = np.argsort(rng.random((count, cells)), axis=1)[:, : PARTS_PER_CLASS + PARTS_DISTRACTORS]
     present = np.concatenate([rng.random((count, PARTS_PER_CLASS)) >= PARTS_DROP,
                               np.ones((count, PARTS_DISTRACTORS), bool)], axis=1)  # fmt: skip
-    amplitude = rng.uniform(0.7, 1.3, where.shape).astype(np.float32) * present
+    sign = np.where(rng.random(where.shape) < PARTS_NEGATIVE, np.float32(-1), np.float32(1))  # polarity
+    amplitude = rng.uniform(0.7, 1.3, where.shape).astype(np.float32) * present * sign
     family = np.concatenate([np.arange(PARTS_PER_CLASS), np.full(PARTS_DISTRACTORS, PARTS_FAMILIES)])
     variant = np.concatenate([np.broadcast_to(variants, (count, PARTS_PER_CLASS)),
                               rng.integers(0, PARTS_VARIANTS, (count, PARTS_DISTRACTORS))], axis=1)  # fmt: skip
@@ -648,14 +650,17 @@ def _load_parts(
     noise: float,
     seed: int,
 ) -> Dataset:
-    """Classes composed of parts: a task where tokens differ in kind and experts can specialize.
+    """Classes composed of parts: a task where tokens differ in kind and per-token capacity matters.
 
     An image is a 4 x 4 grid of cells (a ViT with ``patch_size = image_size / 4`` sees one cell per token). There
-    are ``PARTS_FAMILIES`` families of ``PARTS_VARIANTS`` part templates each (``parts_vocabulary``). A class puts
-    one part of each family at its own four cells; an image of the class shows each of them with probability
-    0.8 (amplitude 0.7-1.3), two distractor parts of any family at other cells, the whole picture shifted by up
-    to a pixel, and pixel noise. So the class is spread over four part-specific patches, no single patch decides
-    it, and half the tokens of a group are background or distractors a router can learn to skip.
+    are ``PARTS_FAMILIES`` families of ``PARTS_VARIANTS`` part templates each (``parts_vocabulary``), and one more
+    family of distractors. A class is one part of each family; an image of the class shows each of them with
+    probability 0.8, at random cells (a class is a bag of parts, not a layout), with an amplitude of 0.7-1.3,
+    inverted with probability 0.3 (a part and its negative are the same part), beside two distractor parts at
+    other cells, the whole picture shifted by up to a pixel, and pixel noise. So the class is spread over
+    part-specific patches and no single patch decides it; recognizing a part, whatever its polarity, takes a
+    non-linear detector per template (one small MLP holds fewer detectors than there are templates, experts
+    together hold more), and tokens come in five kinds plus background, so experts can specialize.
 
     The first ``num_classes - heldout_classes`` classes pre-train (``images_per_class`` train and
     ``test_per_class`` test images each); the last ``heldout_classes`` are new combinations of the same parts,

@@ -7,15 +7,13 @@ import json
 import sys
 from pathlib import Path
 
-import equinox as eqx
 import jax
 
 import optimized
-from optimized import ViTMoE
 
 from . import checkpoint
 from .config import Config, override
-from .loop import batch_sharding, fewshot, load_data, make_mesh, make_optimizer
+from .loop import batch_sharding, fewshot, load_data, load_trained, make_mesh
 
 
 def evaluate_workdir(workdir, overrides: tuple[str, ...] = ()) -> dict:
@@ -30,17 +28,12 @@ def evaluate_workdir(workdir, overrides: tuple[str, ...] = ()) -> dict:
         if not assignment.strip().startswith("mesh."):
             raise ValueError(f"--set {assignment}: only mesh.data and mesh.expert can change for an evaluation")
         config = override(config, assignment)
-    meta = checkpoint.latest(workdir)
-    if meta is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
-    model = ViTMoE(config.model, key=jax.random.key(0))
-    opt_state = make_optimizer(config)[0].init(eqx.filter(model, eqx.is_array))
-    model, _ = checkpoint.restore(meta, (model, opt_state))
+    model, config, step = load_trained(workdir, config)
     mesh = make_mesh(config)
     model = jax.device_put(model, optimized.shardings(model, mesh))
     with jax.set_mesh(mesh):
         result = fewshot(model, load_data(config), config, batch_sharding(mesh))
-    return {"step": meta["step"], **result}
+    return {"step": step, **result}
 
 
 def main(argv=None) -> int:

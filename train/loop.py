@@ -448,6 +448,27 @@ def summarize(config: Config, workdir: Path, test_accuracy: float, probe: dict, 
     }
 
 
+def load_trained(workdir, config: Config | None = None):
+    """``(model, config, step)``: the run in ``workdir`` at its last checkpoint (weights checked by SHA-256).
+
+    ``config`` defaults to the workdir's ``config.json``; pass one to load the same weights into a model built
+    differently (another mesh, more Sinkhorn iterations: any change that keeps the arrays' shapes).
+    """
+    workdir = Path(workdir)
+    config_path = workdir / "config.json"
+    if config is None:
+        if not config_path.exists():
+            raise FileNotFoundError(f"{config_path} not found: {workdir} is not a training workdir")
+        config = Config.from_dict(json.loads(config_path.read_text()))
+    meta = checkpoint.latest(workdir)
+    if meta is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
+    model = ViTMoE(config.model, key=jax.random.key(0))
+    opt_state = make_optimizer(config)[0].init(eqx.filter(model, eqx.is_array))
+    model, _ = checkpoint.restore(meta, (model, opt_state))
+    return model, config, meta["step"]
+
+
 def format_summary(summary: dict) -> str:
     ips = summary["images_per_second"]
     lines = [

@@ -342,8 +342,8 @@ def write_csv(rows: list[dict], path: Path) -> None:
 # ----------------------------------------------------------------------------------------------------- pilot
 
 PILOT_ARMS = (Run("softmax_token_choice", 1, 100), Run(RANDOM_ROUTER, 1, 100, control="dense"))
-PILOT_LEARNING_RATES = (1e-3, 2e-3, 4e-3)
-PILOT_STEPS = (1000, 1500, 2000)
+PILOT_LEARNING_RATES = (1e-3, 2e-3, 3e-3)
+PILOT_STEPS = (2000, 2500, 3000)
 
 
 def run_pilot(spec: StudySpec, studydir, *, steps_candidates=PILOT_STEPS, learning_rates=PILOT_LEARNING_RATES,
@@ -1012,13 +1012,16 @@ def pictures(rows, spec: StudySpec, studydir: Path, *, progress: bool = True) ->
     from .visualize import visualize_run
 
     out = {}
+    dataset = None
     for c in configurations(spec):
         got = [r for r in _finished(rows, c) if r["seed"] == spec.seeds[0]]
         if not got or got[0]["control"] == "dense":
             continue
+        if dataset is None:
+            dataset = load_data(Config.from_dict(json.loads((Path(got[0]["workdir"]) / "config.json").read_text())))
         target = studydir / "plots" / "routing" / c
         _say(progress, f"[pictures] {configuration_label(c)}")
-        out[c] = visualize_run(Path(got[0]["workdir"]), out=target, progress=False)
+        out[c] = visualize_run(Path(got[0]["workdir"]), out=target, progress=False, dataset=dataset)
     return out
 
 
@@ -1035,8 +1038,7 @@ def sinkhorn_diagnosis(rows, spec: StudySpec, *, iterations=(20, 100, 1000), ima
 
     from optimized import ViTMoE
 
-    from . import checkpoint
-    from .loop import evaluation_order, make_optimizer
+    from .loop import evaluation_order, load_trained
 
     found = []
     dataset = None
@@ -1046,12 +1048,9 @@ def sinkhorn_diagnosis(rows, spec: StudySpec, *, iterations=(20, 100, 1000), ima
             if not got:
                 continue
             workdir = Path(got[0]["workdir"])
-            config = Config.from_dict(json.loads((workdir / "config.json").read_text()))
+            trained, config, _ = load_trained(workdir)
             dataset = load_data(config) if dataset is None else dataset
             order = evaluation_order(dataset.test_images)[: images - images % config.batch_size]
-            like = ViTMoE(config.model, key=jax.random.key(0))
-            opt_state = make_optimizer(config)[0].init(eqx.filter(like, eqx.is_array))
-            trained, _ = checkpoint.restore(checkpoint.latest(workdir), (like, opt_state))
             params = eqx.filter(trained, eqx.is_array)
             for iters in iterations if router == "sinkhorn_token_choice" else iterations[:1]:
                 skeleton = ViTMoE(config.model.replace(sinkhorn_iters=iters), key=jax.random.key(0))

@@ -35,7 +35,7 @@ from optimized import ViTMoE
 
 from . import checkpoint
 from .config import Config
-from .loop import _in_batches, batch_sharding, load_data, make_mesh, make_optimizer
+from .loop import _in_batches, batch_sharding, load_data, load_trained, make_mesh
 
 USAGE_LABELS = {False: "fraction of the class's patches processed", True: "mean weight over the class's patches"}
 
@@ -274,9 +274,10 @@ def plot_routing_maps(
 # ------------------------------------------------------------------------------------------------------ run
 
 
-def visualize_run(workdir, *, out=None, num_images: int = 6, progress: bool = True) -> list[Path]:
+def visualize_run(workdir, *, out=None, num_images: int = 6, progress: bool = True, dataset=None) -> list[Path]:
     """Write ``expert_usage.png`` and ``routing_maps.png`` for the run in ``workdir`` (its last checkpoint, its
-    test split) into ``out`` (default ``workdir/plots``); returns their paths."""
+    test split) into ``out`` (default ``workdir/plots``); returns their paths. ``dataset``: the run's data, if
+    already loaded (``train.loop.load_data(config)``)."""
     if not isinstance(num_images, int) or isinstance(num_images, bool) or num_images < 1:
         raise ValueError(f"num_images must be an integer >= 1, got {num_images!r}")
     workdir = Path(workdir)
@@ -286,18 +287,13 @@ def visualize_run(workdir, *, out=None, num_images: int = 6, progress: bool = Tr
     config = Config.from_dict(json.loads(config_path.read_text()))
     if config.model.dense:
         raise ValueError(f"the run in {workdir} is dense (model.dense = True): a dense model has no routers to show")
-    meta = checkpoint.latest(workdir)
-    if meta is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
-    dataset = load_data(config)
+    model, config, step = load_trained(workdir, config)
+    dataset = load_data(config) if dataset is None else dataset
     picked = pick_images(dataset.test_labels, num_images)  # checks num_images against the test split first
-    model = ViTMoE(config.model, key=jax.random.key(0))
-    opt_state = make_optimizer(config)[0].init(eqx.filter(model, eqx.is_array))
-    model, _ = checkpoint.restore(meta, (model, opt_state))
     mesh = make_mesh(config)
     model = jax.device_put(model, optimized.shardings(model, mesh))
     if progress:
-        print(f"routing the {len(dataset.test_labels)} test images of {workdir} (step {meta['step']})", file=sys.stderr)
+        print(f"routing the {len(dataset.test_labels)} test images of {workdir} (step {step})", file=sys.stderr)
     with jax.set_mesh(mesh):
         weights = expert_weights(model, dataset.test_images, config.batch_size, batch_sharding(mesh))
 
@@ -307,7 +303,7 @@ def visualize_run(workdir, *, out=None, num_images: int = 6, progress: bool = Tr
     out.mkdir(parents=True, exist_ok=True)
     m = config.model
     factor = f"{'k' if m.router in ('softmax_token_choice', 'sinkhorn_token_choice') else 'c'} = {m.factor}"
-    name = f"{m.router} ({factor}, E = {m.num_experts}), step {meta['step']}"
+    name = f"{m.router} ({factor}, E = {m.num_experts}), step {step}"
     written = [
         plot_expert_usage(
             usage, out / "expert_usage.png", class_names=dataset.class_names, value_label=USAGE_LABELS[soft],
