@@ -22,8 +22,8 @@ The datasets (``DATASETS``), their options (``OPTIONS``, with defaults) and what
 - ``parts``: classes composed of parts, the router study's task (``_load_parts``): ``num_classes`` (150)
   classes of ``image_size`` (32) square images on a 4 x 4 grid of cells; a class is one part from each of four
   families of ``PARTS_VARIANTS`` (32) part templates, placed at random cells of each image, inverted 30% of the
-  time, with two parts of a fifth, distractor family, a one-pixel shift and pixel noise. ``heldout_classes`` (50) new combinations of the
-  same parts are kept for the probe (``fewshot_pool_per_class`` (20) images per class to draw shots from,
+  time, with two parts of a fifth, distractor family, a one-pixel shift and pixel noise. ``heldout_classes``
+  (50) new combinations of the same parts are kept for the probe (``fewshot_pool_per_class`` (20) images per class to draw shots from,
   ``test_per_class`` (100) test images); the others pre-train (``images_per_class`` (500) train and
   ``test_per_class`` test images): 50,000 train, 10,000 test, probe 1,000 + 5,000. Pixel baselines are at
   chance level: a model has to recognize parts wherever they are.
@@ -609,8 +609,8 @@ def _parts_images(vocabulary, variants, count, size, noise, rng) -> np.ndarray:
 
     Each image places the class's parts (each missing with probability PARTS_DROP) and PARTS_DISTRACTORS parts
     of the distractor family (the last one, never part of a class) at distinct random cells, each with an
-    amplitude in [0.7, 1.3], inverted (multiplied by -1) with probability PARTS_NEGATIVE; then shifts the whole picture by up to PARTS_SHIFT pixels and adds Gaussian pixel
-    noise of std ``noise``.
+    amplitude in [0.7, 1.3], inverted (multiplied by -1) with probability PARTS_NEGATIVE; then shifts the
+    whole picture by up to PARTS_SHIFT pixels and adds Gaussian pixel noise of std ``noise``.
     """
     _, _, cell, _, channels = vocabulary.shape
     cells = PARTS_GRID * PARTS_GRID
