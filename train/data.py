@@ -25,8 +25,8 @@ The datasets (``DATASETS``), their options (``OPTIONS``, with defaults) and what
   time, with two parts of a fifth, distractor family, a one-pixel shift and pixel noise. ``heldout_classes``
   (50) new combinations of the same parts are kept for the probe (``fewshot_pool_per_class`` (20) images per
   class to draw shots from, ``test_per_class`` (100) test images); the others pre-train
-  (``images_per_class`` (500) train and ``test_per_class`` test images): 50,000 train, 10,000 test, probe 1,000 + 5,000. Pixel baselines are at
-  chance level: a model has to recognize parts wherever they are.
+  (``images_per_class`` (500) train and ``test_per_class`` test images): 50,000 train, 10,000 test, probe
+  1,000 + 5,000. Pixel baselines are at chance level: a model has to recognize parts wherever they are.
 - ``cifar10``: a local CIFAR-10 "python version" directory (``path``); 50000 train, 10000 test, 10 classes.
   Few-shot: the same classes (train split / test split).
 - ``imagefolder``: ``path`` holds one sub-folder per class of image files; a stratified split by
