@@ -116,6 +116,28 @@ def test_softmax_token_choice_noise_only_in_training_and_aux_losses():
         layer(x)
 
 
+@pytest.mark.parametrize("router", ["sinkhorn_token_choice", "sinkhorn_expert_choice"])
+def test_sinkhorn_style_paper_has_no_noise_vmoe_has_noise_and_losses(router):
+    x = jax.random.normal(jax.random.key(5), (32, 8))
+    paper = make_layer(router)
+    np.testing.assert_array_equal(paper(x, key=jax.random.key(1))[0], paper(x, key=jax.random.key(2))[0])
+    vmoe = make_layer(router, sinkhorn_style="vmoe")
+    y1, aux1 = vmoe(x, key=jax.random.key(1))
+    assert not jnp.allclose(y1, vmoe(x, key=jax.random.key(2))[0])  # N(0, (1/E)^2) noise on the logits
+    y_inf, aux_inf = vmoe(x, inference=True)
+    np.testing.assert_array_equal(y_inf, vmoe(x, key=jax.random.key(3), inference=True)[0])  # none at inference
+    np.testing.assert_array_equal(y_inf, paper(x, inference=True)[0])  # same weights: the same inference
+    if router == "sinkhorn_token_choice":  # the authors' code gives Sinkhorn TC the load loss too
+        assert float(aux1["load_loss"]) > 0 and float(aux_inf["load_loss"]) == 0
+        assert float(paper(x, key=jax.random.key(1))[1]["load_loss"]) == 0
+    else:  # Expert Choice has no auxiliary loss in either style
+        assert float(aux1["loss"]) == 0
+    with pytest.raises(ValueError, match="needs a key"):
+        vmoe(x)
+    with pytest.raises(ValueError, match="sinkhorn_style must be one of paper, vmoe; got 'authors'"):
+        make_layer(router, sinkhorn_style="authors")
+
+
 def test_layer_validates_at_build_time():
     with pytest.raises(ValueError, match=r"round\(1.0 \* 4 / 32\) = 0 is below 1"):
         O.MoELayer("softmax_expert_choice", width=8, hidden=8, num_experts=32, group_size=4, key=jax.random.key(0))
