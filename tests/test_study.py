@@ -246,3 +246,13 @@ def test_pilot_chooses_and_reports(tmp_path):
              for lr in (3e-3, 1e-6)}  # fmt: skip
     assert result["steps"] == 5 and result["learning_rate"] == max(means, key=means.get)
     assert study.schedule(open_spec, tmp_path) == (5, result["learning_rate"], "the pilot (pilot.json)")
+
+
+def test_docstring_examples():
+    import doctest
+
+    from train import visualize
+
+    for module in (study, visualize):
+        result = doctest.testmod(module)
+        assert result.failed == 0 and (module is not study or result.attempted >= 1)

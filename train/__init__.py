@@ -2,8 +2,9 @@
 
 ``python -m train`` trains the default preset on data shipped with the installation; see ``train.config``
 for the presets and ``train.loop.train_and_evaluate`` for what a run does. ``python -m train.study`` runs
-the paper's router comparison (``train.study``) against its published numbers (``train.paper``). Imports
-``optimized``, never ``reference``.
+the paper's router comparison as a controlled experiment (``train.study``), beside its published numbers
+(``train.paper``); ``python -m train.visualize`` draws what a run's routers do. Imports ``optimized``, never
+``reference``.
 """
 
 from .config import PRESETS as PRESETS
