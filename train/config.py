@@ -163,7 +163,7 @@ def parts() -> Config:
     ).replace(patch_size=8, width=96, mlp_dim=64, num_heads=4)  # fmt: skip
     return Config(
         model=model, data=DataConfig("parts", image_size=32, channels=1, num_classes=150, heldout_classes=50),
-        steps=1000, batch_size=64, learning_rate=2e-3, warmup_steps=100, eval_every=200, checkpoint_every=500,
+        steps=1500, batch_size=64, learning_rate=2e-3, warmup_steps=100, eval_every=300, checkpoint_every=500,
     )  # fmt: skip
 
 

@@ -566,7 +566,7 @@ def _load_synthetic(
 
 PARTS_GRID = 4  # an image is a PARTS_GRID x PARTS_GRID grid of cells; a ViT with patch = image_size / 4 sees a cell
 PARTS_FAMILIES = 4  # families classes are made of; one more, the distractor family, is never part of a class
-PARTS_VARIANTS = 32  # part types per family
+PARTS_VARIANTS = 16  # part types per family
 PARTS_PER_CLASS = 4  # one part of each family
 PARTS_DISTRACTORS = 2  # parts of the distractor family in every image
 PARTS_DROP = 0.2  # probability that one of a class's parts is missing from an image

@@ -342,8 +342,8 @@ def write_csv(rows: list[dict], path: Path) -> None:
 # ----------------------------------------------------------------------------------------------------- pilot
 
 PILOT_ARMS = (Run("softmax_token_choice", 1, 100), Run(RANDOM_ROUTER, 1, 100, control="dense"))
-PILOT_LEARNING_RATES = (1e-3, 2e-3, 3e-3)
-PILOT_STEPS = (2000, 2500, 3000)
+PILOT_LEARNING_RATES = (1e-3, 2e-3)
+PILOT_STEPS = (1500, 2000)  # 2000 steps is about the most the default study's 60 minutes allow on 2 CPU cores
 
 
 def run_pilot(spec: StudySpec, studydir, *, steps_candidates=PILOT_STEPS, learning_rates=PILOT_LEARNING_RATES,
