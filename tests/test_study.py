@@ -256,3 +256,24 @@ def test_docstring_examples():
     for module in (study, visualize):
         result = doctest.testmod(module)
         assert result.failed == 0 and (module is not study or result.attempted >= 1)
+
+
+def test_sinkhorn_diagnosis_on_trained_token_choice_runs(tmp_path):
+    from train import train_and_evaluate
+    from train.config import resolve
+
+    spec = study.StudySpec(preset="tiny", steps=5, seeds=(0,), routers=study.TOKEN_CHOICE, controls=False)
+    rows = []
+    for router in study.TOKEN_CHOICE:
+        workdir = tmp_path / router
+        train_and_evaluate(resolve("tiny", router=router, steps=2), workdir, progress=False)
+        rows.append({"configuration": f"{router}-c1", "seed": 0, "status": "finished", "workdir": str(workdir)})
+    found = study.sinkhorn_diagnosis(rows, spec, iterations=(20, 200), images=64)
+    assert [(d["router"], d["sinkhorn_iters"]) for d in found] == [("softmax_token_choice", None),
+                                                                  ("sinkhorn_token_choice", 20),
+                                                                  ("sinkhorn_token_choice", 200)]  # fmt: skip
+    assert all(0 <= d["dropped_fraction"] <= 1 and d["load_cv"] >= 0 for d in found)
+    assert found[0]["plan_error"] == 0  # Softmax Token Choice solves no transport problem
+    assert found[2]["plan_error"] <= found[1]["plan_error"]  # Sinkhorn iterations only bring the plan closer
+    text = "\n".join(study._diagnosis_text(found))
+    assert "| Sinkhorn Token Choice | 1 | 200 |" in text and "At k = 1" in text

@@ -35,6 +35,7 @@ import sys
 import time
 from pathlib import Path
 
+import equinox as eqx
 import numpy as np
 from scipy import stats
 
@@ -208,7 +209,8 @@ def plan_runs(spec: StudySpec) -> list[Run]:
 
 
 def schedule(spec: StudySpec, studydir: Path | None) -> tuple[int, float, str]:
-    """(steps, learning rate, where they come from): the command line, else the pilot, else the preset."""
+    """(steps, learning rate, where they come from): the study's options, else a converged pilot, else the preset."""
+    path = Path(studydir) / "pilot.json" if studydir is not None else None
     pilot = _read_pilot(studydir) if studydir is not None else None
     preset = resolve(spec.preset)
     steps = spec.steps or (pilot["steps"] if pilot else preset.steps)
@@ -218,6 +220,9 @@ def schedule(spec: StudySpec, studydir: Path | None) -> tuple[int, float, str]:
                                                                          is None) else "")  # fmt: skip
     elif pilot:
         source = "the pilot (pilot.json)"
+    elif path is not None and path.exists():
+        source = (f"the {spec.preset} preset: the pilot found no setting within its budget that meets the "
+                  "convergence rule (pilot.md)")  # fmt: skip
     else:
         source = f"the {spec.preset} preset (no pilot.json in the study directory)"
     return steps, lr, source
@@ -439,7 +444,6 @@ def time_steps(spec: StudySpec, studydir: Path, *, progress: bool = True) -> dic
     of load touches them all alike. The runs' own figure is kept in the CSV (``train_seconds``). Cached in
     ``step_times.json``, keyed by each configuration's full config.
     """
-    import equinox as eqx
     import jax
 
     from optimized import ViTMoE
@@ -747,6 +751,13 @@ def write_report(rows, spec: StudySpec, studydir: Path, *, command: str, wall_se
     for metric, a in analyses.items():
         lines.append(f"| {METRIC_LABELS[metric]} | {a['n']} | {a['m']} | {_pts(a['sd'])} | **{_pts(a['mdd'])}** | "
                      f"{_pts(a['mdd_single'])} |")  # fmt: skip
+    late = [c for c in configurations(spec) if any(not r["convergence_gain"] < CONVERGENCE_POINTS / 100
+                                                   for r in _finished(rows, c))]  # fmt: skip
+    if late:
+        lines += ["", f"**Not converged**: in {len(late)} of {len(configurations(spec))} configurations at least one "
+                  f"run gains {CONVERGENCE_POINTS} points or more of test accuracy over its last 20% of steps (see "
+                  "Convergence): those models were still improving when training stopped, and differences between "
+                  "arms measured here may change with longer training."]  # fmt: skip
     binomial = 100 * math.sqrt(0.25 / sizes["test"]) if sizes["test"] else math.nan
     lines += ["", f"For scale: the binomial standard error of one model's accuracy on {sizes['test']} test images is "
               f"at most {binomial:.2f} points.", ""]  # fmt: skip
@@ -1033,11 +1044,6 @@ def sinkhorn_diagnosis(rows, spec: StudySpec, *, iterations=(20, 100, 1000), ima
     a balanced plan still gives unbalanced top-k choices per token (its rows are flat: the router's logits are
     small next to the entropic regularization).
     """
-    import equinox as eqx
-    import jax
-
-    from optimized import ViTMoE
-
     from .loop import evaluation_order, load_trained
 
     found = []
@@ -1048,13 +1054,12 @@ def sinkhorn_diagnosis(rows, spec: StudySpec, *, iterations=(20, 100, 1000), ima
             if not got:
                 continue
             workdir = Path(got[0]["workdir"])
-            trained, config, _ = load_trained(workdir)
+            config = Config.from_dict(json.loads((workdir / "config.json").read_text()))
             dataset = load_data(config) if dataset is None else dataset
             order = evaluation_order(dataset.test_images)[: images - images % config.batch_size]
-            params = eqx.filter(trained, eqx.is_array)
             for iters in iterations if router == "sinkhorn_token_choice" else iterations[:1]:
-                skeleton = ViTMoE(config.model.replace(sinkhorn_iters=iters), key=jax.random.key(0))
-                model = eqx.combine(params, eqx.filter(skeleton, eqx.is_array, inverse=True))
+                # the trained weights, in a model that runs Sinkhorn for `iters` iterations
+                model, _, _ = load_trained(workdir, config.replace(model=config.model.replace(sinkhorn_iters=iters)))
                 metrics = [_inference_metrics(model, dataset.test_images[order[s : s + config.batch_size]])
                            for s in range(0, len(order), config.batch_size)]  # fmt: skip
                 means = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
@@ -1064,14 +1069,13 @@ def sinkhorn_diagnosis(rows, spec: StudySpec, *, iterations=(20, 100, 1000), ima
 
 
 def _inference_metrics(model, images) -> dict:
-    import equinox as eqx
-
-    @eqx.filter_jit
-    def run(model, images):
-        return model(images, inference=True)[1]["moe"]
-
-    moe = run(model, images)
+    moe = _inference_moe(model, images)
     return {name: float(np.mean(moe[name])) for name in ("dropped_fraction", "load_cv", "plan_error")}
+
+
+@eqx.filter_jit
+def _inference_moe(model, images):
+    return model(images, inference=True)[1]["moe"]
 
 
 def _diagnosis_text(diagnosis: list[dict]) -> list[str]:
