@@ -285,20 +285,23 @@ class ViTMoE(eqx.Module):
             x = jnp.concatenate([jnp.broadcast_to(self.cls_token, (b, 1, cfg.width)), x], axis=1)
         return x + self.pos_embed
 
-    def features(
-        self, images: Float[Array, "B H W ch"], *, key: PRNGKeyArray | None = None, inference: bool = True
-    ) -> tuple[Float[Array, "B D"], dict]:
-        """Pre-head representation (B, D) and the auxiliary outputs."""
-        x = self._tokens(images)
-        num_pairs = self.config.depth // 2
-        keys = jax.random.split(jax.random.key(0) if key is None else key, num_pairs)
+    def _scan(self, images, key, step):
+        """Run ``step(pair, x, key) -> (x, output)`` over the stacked pairs of blocks with ``jax.lax.scan``, from
+        the images' tokens; one key per pair (split from ``key``, default ``jax.random.key(0)``)."""
+        keys = jax.random.split(jax.random.key(0) if key is None else key, self.config.depth // 2)
         params, static = eqx.partition(self.pairs, eqx.is_array)
 
         def body(x, layer):
             layer_params, layer_key = layer
-            return eqx.combine(layer_params, static)(x, layer_key, inference)
+            return step(eqx.combine(layer_params, static), x, layer_key)
 
-        x, metrics = jax.lax.scan(body, x, (params, keys))
+        return jax.lax.scan(body, self._tokens(images), (params, keys))
+
+    def features(
+        self, images: Float[Array, "B H W ch"], *, key: PRNGKeyArray | None = None, inference: bool = True
+    ) -> tuple[Float[Array, "B D"], dict]:
+        """Pre-head representation (B, D) and the auxiliary outputs."""
+        x, metrics = self._scan(images, key, lambda pair, x, k: pair(x, k, inference))
         x = _layer_norm(x, *self.final_ln)
         pooled = x[:, 0] if self.config.pool == "cls" else x.mean(axis=1)
         if metrics is None:  # the dense baseline
@@ -322,20 +325,13 @@ class ViTMoE(eqx.Module):
         """
         if self.config.dense:
             raise ValueError("expert_weights: a dense model (config.dense = True) has no routers and no experts")
-        x = self._tokens(images)
-        num_pairs = self.config.depth // 2
-        keys = jax.random.split(jax.random.key(0) if key is None else key, num_pairs)
-        params, static = eqx.partition(self.pairs, eqx.is_array)
 
-        def body(x, layer):
-            layer_params, layer_key = layer
-            pair = eqx.combine(layer_params, static)
-            x, _ = pair.first(x, layer_key, inference)
-            weights = pair.second.token_expert_weights(x, layer_key, inference)
-            x, _ = pair.second(x, layer_key, inference)
-            return x, weights
+        def step(pair, x, k):
+            x, _ = pair.first(x, k, inference)
+            weights = pair.second.token_expert_weights(x, k, inference)
+            return pair.second(x, k, inference)[0], weights
 
-        _, weights = jax.lax.scan(body, x, (params, keys))
+        _, weights = self._scan(images, key, step)
         return weights[:, :, 1:] if self.config.pool == "cls" else weights
 
     def __call__(
