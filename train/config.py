@@ -158,7 +158,8 @@ def parts() -> Config:
     Softmax Token Choice, +1.7 for the dense ViT), and 1500 steps is what the default study's 60 minutes on 2 CPU
     cores allow. Pixel baselines are at chance (nearest class mean, a linear classifier, the 10-shot probe on
     pixels): the classes are bags of parts at random places, so a model must recognize parts wherever they are.
-    MEASURED_PLACEHOLDER
+    Measured in the default study (2 CPU cores, 2026-12-03): about 97 s per run; Softmax Token Choice reaches
+    58.2 +- 23.1% upstream and 49.0 +- 17.6% 10-shot over 5 seeds: some seeds stall for most of training.
     """
     model = ViTMoEConfig(
         **VARIANTS["mini"], image_size=32, channels=1, num_classes=100, router="softmax_token_choice",
