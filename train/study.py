@@ -908,10 +908,6 @@ def _sizes(rows) -> dict:
     return {"test": 0, "fewshot": 0}
 
 
-def _capacity(router: str, factor: int) -> str:
-    return f"k={factor}" if router in TOKEN_CHOICE else f"c={factor}"
-
-
 def _devices() -> str:
     import jax
 
