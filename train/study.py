@@ -349,7 +349,7 @@ def write_csv(rows: list[dict], path: Path) -> None:
 # ----------------------------------------------------------------------------------------------------- pilot
 
 PILOT_ARMS = (Run("softmax_token_choice", 1, 100), Run(RANDOM_ROUTER, 1, 100, control="dense"))
-PILOT_LEARNING_RATES = (1e-3, 2e-3)
+PILOT_LEARNING_RATES = (1e-3, 2e-3, 4e-3)
 PILOT_STEPS = (1500, 2000)  # 2000 steps is about the most the default study's 60 minutes allow on 2 CPU cores
 
 
@@ -1162,6 +1162,7 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     parser.add_argument("--workdir", help="the study's directory (default: studies/<preset>, studies/quick)")
     parser.add_argument("--quick", action="store_true", help="check the pipeline: tiny preset, 2 routers, 2 seeds")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars or per-run messages")
     args = parser.parse_args(argv)
     base = quick_spec() if args.quick else full_spec() if args.full else StudySpec()
     changes = {"overrides": tuple(args.set), "controls": not args.no_controls, "pictures": not args.no_pictures}
@@ -1184,7 +1185,7 @@ def main(argv=None) -> int:
     command = " ".join(["python -m train.study", *(argv if argv is not None else sys.argv[1:])])
     if args.pilot:
         try:
-            result = run_pilot(spec, studydir)
+            result = run_pilot(spec, studydir, progress=not args.no_progress)
         except (PilotError, ConfigMismatchError, CorruptCheckpointError, ValueError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
@@ -1195,7 +1196,7 @@ def main(argv=None) -> int:
     print(f"study in {studydir}: {len(runs)} runs ({len(configurations(spec))} configurations x {len(spec.seeds)} "
           f"seeds), {steps} steps each", file=sys.stderr)  # fmt: skip
     try:
-        out = run_study(spec, studydir, progress=True, command=command)
+        out = run_study(spec, studydir, progress=not args.no_progress, command=command)
     except (ConfigMismatchError, CorruptCheckpointError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
