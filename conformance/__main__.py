@@ -6,6 +6,8 @@ import argparse
 import sys
 import time
 
+from tqdm import tqdm
+
 from ._properties import ROUTERS
 from ._runner import PROFILES, failure_report, run, table
 
@@ -24,15 +26,17 @@ def main(argv=None) -> int:
         "--dtype", default="float64", choices=("float64", "float32"),
         help="float64 (default) lets a JAX implementation compute in float64; float32 checks its default dtype",
     )  # fmt: skip
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     start = time.perf_counter()
+    tty = sys.stderr.isatty()
+    bar = tqdm(total=None, unit="check", file=sys.stderr, disable=args.no_progress, mininterval=0.1 if tty else 30.0,
+               ascii=not tty)  # fmt: skip
 
     def progress(done, total, label):
-        width = 30
-        filled = int(width * done / max(total, 1))
-        print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label[:60]:<60}", end="", file=sys.stderr)
-        if done == total:
-            print(file=sys.stderr)
+        bar.total = total
+        bar.set_postfix_str(label[:60], refresh=False)
+        bar.update(done - bar.n)
 
     try:
         outcomes = run(
@@ -40,7 +44,9 @@ def main(argv=None) -> int:
             dtype=args.dtype, progress=progress,
         )  # fmt: skip
     except ValueError as err:
+        bar.close()
         parser.error(str(err))
+    bar.close()
     print(f"\n{args.impl} against {args.ref}: profile {args.profile}, {args.dtype}\n")
     print(table(outcomes))
     failed = [o for o in outcomes if o.status == "failed"]

@@ -71,6 +71,18 @@ def integer(name: str, value, *, minimum: int, maximum: int | None = None, what:
     return value
 
 
+def real_in(name: str, value, low: float, high: float = math.inf, *, low_open: bool = False) -> float:
+    """A finite real number in [low, high] (or (low, high] with ``low_open``); NaN and infinities are refused."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    inside = (value > low if low_open else value >= low) and value <= high
+    if not (math.isfinite(value) and inside):
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{']' if math.isfinite(high) else ')'}"
+        raise ValueError(f"{name} must be a finite number in {interval}, got {value}")
+    return value
+
+
 def positive_real(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._checks import integer
+from ._checks import integer, positive_real, real_in
 from ._layer import METRIC_NAMES, MoELayer
 from ._parallel import moe_over_groups
 from ._route import check_router
@@ -91,6 +91,12 @@ class ViTMoEConfig:
             raise ValueError(f"pool must be one of {', '.join(POOLS)}; got {self.pool!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
+        positive_real("factor", self.factor)
+        positive_real("sparse_ot_learning_rate", self.sparse_ot_learning_rate)
+        for name in ("importance_weight", "load_weight"):
+            real_in(name, getattr(self, name), 0.0)
+        if self.noise_std is not None:
+            real_in("noise_std", self.noise_std, 0.0)
 
 
 def _variant(width, depth, heads, mlp, patch, **extra):

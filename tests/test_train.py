@@ -100,6 +100,15 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny, tiny_
         ({"overrides": ("learning_rate=fast",)}, r"learning_rate=fast: expected a value of type float"),
         ({"overrides": ("steps",)}, r"--set expects key=value"),
         ({"batch_size": 60}, r"batch_size 60 must be a multiple of model.group_images 8"),
+        ({"overrides": ("learning_rate=nan",)}, r"learning_rate must be a finite number > 0, got nan"),
+        ({"overrides": ("learning_rate=-1e-3",)}, r"learning_rate must be a finite number > 0, got -0.001"),
+        ({"overrides": ("weight_decay=inf",)}, r"weight_decay must be a finite number in \[0, inf\), got inf"),
+        ({"overrides": ("label_smoothing=1.5",)}, r"label_smoothing must be a finite number in \[0, 1\], got 1.5"),
+        ({"overrides": ("grad_clip_norm=0",)}, r"grad_clip_norm must be a finite number > 0, got 0"),
+        ({"overrides": ("warmup_steps=-1",)}, r"warmup_steps must be >= 0, got -1"),
+        ({"overrides": ("model.load_weight=nan",)}, r"load_weight must be a finite number in \[0, inf\), got nan"),
+        ({"overrides": ("model.noise_std=-0.5",)}, r"noise_std must be a finite number in \[0, inf\), got -0.5"),
+        ({"overrides": ("model.factor=inf",)}, r"factor must be a finite number > 0, got inf"),
     ],
 )
 def test_bad_options_are_errors_that_list_the_valid_ones(kwargs, pattern):
@@ -218,3 +227,12 @@ def test_frozen_router_gets_no_update(tmp_path, tiny, tiny_data):
     initial = ViTMoE(config.model, key=jax.random.split(jax.random.key(config.seed))[0])
     np.testing.assert_array_equal(trained.pairs.second.moe.router_weight, initial.pairs.second.moe.router_weight)
     assert not np.array_equal(trained.pairs.second.moe.experts.w1, initial.pairs.second.moe.experts.w1)
+
+
+def test_progress_bar_shows_rate_and_can_be_turned_off(tmp_path, tiny, tiny_data, capsys):
+    config = tiny.replace(steps=3)
+    train.train_and_evaluate(config, tmp_path / "on", progress=True, dataset=tiny_data)
+    err = capsys.readouterr().err
+    assert "3/3" in err and "step/s" in err, err  # tqdm's count and rate (a log gets the bar at start and end)
+    train.train_and_evaluate(config, tmp_path / "off", progress=False, dataset=tiny_data)
+    assert "step" not in capsys.readouterr().err

@@ -28,6 +28,7 @@ def main(argv=None) -> int:
         metavar="KEY=VALUE",
         help="override any config field, e.g. --set model.num_experts=16 --set learning_rate=3e-4",
     )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (the summary is still printed)")
     args = parser.parse_args(argv)
     try:
         config = resolve(
@@ -40,7 +41,7 @@ def main(argv=None) -> int:
     print(f"training {args.preset} with {config.model.router} (factor {config.model.factor}) in {workdir}",
           file=sys.stderr)  # fmt: skip
     try:
-        summary = train_and_evaluate(config, workdir)
+        summary = train_and_evaluate(config, workdir, progress=not args.no_progress)
     except (ConfigMismatchError, CorruptCheckpointError, NonFiniteLossError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

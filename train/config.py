@@ -14,6 +14,7 @@ import types
 import typing
 
 from optimized import ROUTERS, VARIANTS, ViTMoEConfig
+from optimized._checks import positive_real, real_in
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +95,15 @@ class Config:
                      "fewshot_draws"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        # Every real number is finite and in its range here, before any data is read: a NaN learning rate would
+        # otherwise show up only as a NaN loss after the first step.
+        positive_real("learning_rate", self.learning_rate)
+        positive_real("grad_clip_norm", self.grad_clip_norm)
+        real_in("weight_decay", self.weight_decay, 0.0)
+        real_in("end_learning_rate_fraction", self.end_learning_rate_fraction, 0.0, 1.0)
+        real_in("label_smoothing", self.label_smoothing, 0.0, 1.0)
         if self.model.router != "soft_moe" and not self.model.dense and self.batch_size % self.model.group_images:
             raise ValueError(
                 f"batch_size {self.batch_size} must be a multiple of model.group_images {self.model.group_images} "

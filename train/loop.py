@@ -27,6 +27,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+from tqdm import tqdm
 
 import optimized
 from optimized import DATA, EXPERT, ViTMoE
@@ -247,29 +248,12 @@ def fewshot(model, dataset, config: Config, sharding) -> dict:
 # -------------------------------------------------------------------------------------------------- progress
 
 
-class Progress:
-    """A progress bar on stderr; on a non-terminal, a line every 10%."""
-
-    def __init__(self, total: int, start: int, enabled: bool = True):
-        self.total, self.enabled = total, enabled
-        self.tty = sys.stderr.isatty()
-        self.last_decile = start * 10 // max(total, 1)
-
-    def update(self, step: int, text: str) -> None:
-        if not self.enabled:
-            return
-        frac = step / max(self.total, 1)
-        bar = "#" * int(30 * frac) + "." * (30 - int(30 * frac))
-        line = f"[{bar}] {step}/{self.total} {text}"
-        if self.tty:
-            print("\r" + line[:150].ljust(150), end="", file=sys.stderr, flush=True)
-        elif step * 10 // self.total > self.last_decile or step == self.total:
-            self.last_decile = step * 10 // self.total
-            print(line, file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.enabled and self.tty:
-            print(file=sys.stderr)
+def progress_bar(total: int, start: int = 0, enabled: bool = True, unit: str = "step") -> tqdm:
+    """A tqdm bar on stderr (rate and ETA). On a terminal it redraws at most 10 times a second; written to a file
+    or a pipe (a log, CI) it writes a line at most every 30 s, so logs stay readable."""
+    tty = sys.stderr.isatty()
+    return tqdm(total=total, initial=start, disable=not enabled, unit=unit, file=sys.stderr, dynamic_ncols=tty,
+                mininterval=0.1 if tty else 30.0, ascii=not tty)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------------ main
@@ -359,7 +343,7 @@ def train_and_evaluate(
     # the same order (a paired design).
     order = BatchOrder(len(dataset.train_labels), config.batch_size, config.seed)
     end = config.steps if stop_after is None else min(stop_after, config.steps)
-    bar = Progress(end, start, progress)
+    bar = progress_bar(end, start, progress)
     images_seen, timed_seconds, last_good = 0, 0.0, start
     test_accuracy = float("nan")
     with open(metrics_path, "a") as log, jax.set_mesh(mesh):
@@ -396,7 +380,9 @@ def train_and_evaluate(
                 checkpoint.save(workdir, done, (model, opt_state))
                 last_good = done
             tested = "-" if math.isnan(test_accuracy) else f"{test_accuracy:.3f}"
-            bar.update(done, f"loss {loss:.3f} batch acc {float(metrics['accuracy']):.3f} test acc {tested}")
+            bar.set_postfix_str(f"loss {loss:.3f} batch acc {float(metrics['accuracy']):.3f} test acc {tested}",
+                                refresh=False)
+            bar.update(1)
     bar.close()
     if end < config.steps:
         return {"step": end, "stopped_early": True}
