@@ -217,13 +217,48 @@ def _l2_normalize(x, axis):
     return x * jax.lax.rsqrt(jnp.sum(x * x, axis=axis, keepdims=True) + 1e-6)
 
 
+def _capacity_at(router: str, group_size: int, num_experts: int, built: int, capacity_factor: float) -> int:
+    """C = capacity(T, E, capacity_factor) for ``router``; ``built`` is the layer's C (Soft MoE: its S slots)."""
+    slots = capacity(group_size, num_experts, capacity_factor)
+    if router == "soft_moe":
+        if slots != built:
+            raise ValueError(
+                f"capacity_factor = {capacity_factor} gives S = round({capacity_factor} * {group_size} / "
+                f"{num_experts}) = {slots} slots per expert, but this Soft MoE layer has S = {built}: its slots are "
+                f"trained parameters phi (D, E, S), so their number cannot change without new parameters"
+            )
+    elif slots > group_size:
+        raise ValueError(
+            f"capacity_factor = {capacity_factor} gives capacity C = {slots} > T = {group_size} tokens per group: "
+            f"an expert holds each token at most once, so C <= T (capacity_factor <= E = {num_experts} gives C = T)"
+        )
+    return slots
+
+
+def _replace_static(module: eqx.Module, **changes) -> eqx.Module:
+    """A copy of ``module`` with some static fields changed and the very same arrays.
+
+    ``eqx.tree_at`` reaches only a module's leaves, and ``dataclasses.replace`` would run ``__init__`` (new
+    weights); so the copy is made the way a pytree is rebuilt (flatten, unflatten), then its static fields set.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(module)
+    copy = jax.tree_util.tree_unflatten(treedef, leaves)
+    for name, value in changes.items():
+        object.__setattr__(copy, name, value)
+    return copy
+
+
 class MoELayer(eqx.Module):
     """One MoE layer: a router and E expert MLPs with stacked weights, on one routing group (T, D) -> (T, D).
 
     Sparse routers route a group of T tokens chosen by the caller (the ViT flattens several images into a
     group); Soft MoE routes each image on its own, so its group is one image and T its number of patches.
-    The capacity C = capacity(T, E, factor) is fixed when the layer is built from ``group_size`` = T, and
-    for Soft MoE it is the number of slots per expert, S.
+    ``factor`` is the router's hyperparameter: k (experts per token) for Token Choice, c for Expert Choice
+    and Soft MoE. The capacity is ``C = capacity(T, E, capacity_factor) = round(capacity_factor * T / E)``
+    (sec. 3.1), a static field computed from ``group_size`` = T when the layer is built; ``capacity_factor``
+    defaults to ``factor``, which gives the paper's C = round(k T / E) and C = round(c T / E). For Soft MoE C is
+    the number of slots per expert, S. ``layer.with_capacity(capacity_factor)`` is the same trained layer run
+    at another capacity (evaluation at a larger capacity than training, as V-MoE does).
 
     ``__call__(x, *, key=None, inference=False)`` returns ``(y, aux)`` where ``aux`` holds ``"loss"`` (the
     weighted auxiliary loss, 0 except for Token Choice) and every entry of ``METRIC_NAMES``.
@@ -244,6 +279,7 @@ class MoELayer(eqx.Module):
     group_size: int = eqx.field(static=True)
     num_experts: int = eqx.field(static=True)
     factor: float = eqx.field(static=True)
+    capacity_factor: float = eqx.field(static=True)
     capacity: int = eqx.field(static=True)
     k: int = eqx.field(static=True)
     noise_std: float = eqx.field(static=True)
@@ -268,6 +304,7 @@ class MoELayer(eqx.Module):
         num_experts: int,
         group_size: int,
         factor: float = 1,
+        capacity_factor: float | None = None,
         noise_std: float | None = None,
         importance_weight: float = 0.005,
         load_weight: float = 0.005,
@@ -290,6 +327,12 @@ class MoELayer(eqx.Module):
         else:
             self.capacity, self.k = sparse_capacity(router, group_size, num_experts, factor)
         self.factor = factor
+        self.capacity_factor = float(factor)
+        if capacity_factor is not None:
+            self.capacity_factor = positive_real("capacity_factor", capacity_factor)
+            self.capacity = _capacity_at(
+                self.router, self.group_size, self.num_experts, self.capacity, self.capacity_factor
+            )
         self.noise_std = 1.0 / num_experts if noise_std is None else float(noise_std)
         if self.noise_std < 0 or not math.isfinite(self.noise_std):
             raise ValueError(f"noise_std must be a finite number >= 0, got {noise_std}")
@@ -327,6 +370,35 @@ class MoELayer(eqx.Module):
             init(k2, (num_experts, hidden, width)),
             jnp.zeros((num_experts, width)),
         )
+
+    def with_capacity(self, capacity_factor: float) -> MoELayer:
+        """This layer run at ``C = capacity(T, E, capacity_factor)``: a copy holding the same arrays (not copies).
+
+        The routing is the trained one with more (or fewer) slots per expert: Token Choice keeps its k and
+        drops fewer tokens when C grows (none once C = T, at ``capacity_factor = E``); Expert Choice takes
+        the C best tokens per expert instead of the trained number. ``capacity_factor`` is in the units of
+        ``factor`` (C in multiples of T / E): ``layer.with_capacity(layer.factor)`` is the layer as trained,
+        and V-MoE's capacity ratio r at k experts per token is ``capacity_factor = r * k``. The same layer is
+        ``MoELayer(..., capacity_factor=capacity_factor)`` with these weights. Only static fields change, so
+        this works on a stack of layers (the ViT's) and inside ``jax.jit``.
+
+        Choice: a sparse router's C may not exceed T (an expert holds each token at most once: Expert Choice
+        needs C <= T, and for Token Choice C = T already drops nothing), so a larger C is an error, not clipped.
+        Choice: Soft MoE refuses any capacity_factor that changes its number of slots S per expert. Its slots
+        are trained parameters, phi (D, E, S): more slots would need parameters that were never trained, and
+        fewer would drop trained slots and renormalize the combine softmax over the rest, a different function,
+        not the same layer at another capacity. (Repeating every slot m times keeps the output exactly, since
+        each repeat gets 1/m of the combine weight, and so buys nothing.) A capacity_factor that rounds to the
+        same S gives the same layer.
+
+        >>> layer = MoELayer("softmax_expert_choice", width=8, hidden=16, num_experts=4, group_size=16,
+        ...                  key=jax.random.key(0))
+        >>> layer.capacity, layer.with_capacity(2).capacity
+        (4, 8)
+        """
+        capacity_factor = positive_real("capacity_factor", capacity_factor)
+        slots = _capacity_at(self.router, self.group_size, self.num_experts, self.capacity, capacity_factor)
+        return _replace_static(self, capacity_factor=capacity_factor, capacity=slots)
 
     def __call__(
         self, x: Float[Array, "T D"], *, key: PRNGKeyArray | None = None, inference: bool = False

@@ -276,6 +276,32 @@ class ViTMoE(eqx.Module):
         self.head_b = jnp.zeros(config.num_classes)
         del k_cls
 
+    @property
+    def capacity_factor(self) -> float | None:
+        """The capacity factor its MoE layers run at (``config.factor`` unless ``with_capacity`` changed it);
+        None for the dense baseline."""
+        return None if self.config.dense else self.pairs.second.moe.capacity_factor
+
+    def with_capacity(self, capacity_factor: float) -> ViTMoE:
+        """This model with every MoE layer at ``C = capacity(T, E, capacity_factor)``; the same arrays, not copies.
+
+        ``MoELayer.with_capacity`` applied to all MoE layers at once (they are stacked: one static capacity for
+        all), for evaluating a trained model at a capacity other than its training one, e.g. Expert Choice
+        trained at c = 1 evaluated at ``model.with_capacity(2)``. ``capacity_factor`` is in the units of
+        ``config.factor`` (k for Token Choice, c for Expert Choice): ``model.with_capacity(config.factor)`` is
+        the model as trained. Soft MoE accepts only a factor that keeps its number of slots.
+
+        Choice: ``config`` is left as built: it describes the architecture the weights were trained with (and
+        ``load_trained`` rebuilds from it); the capacity in use is ``model.capacity_factor``.
+        Choice: a dense model (``config.dense``) has no capacity to change; asking is an error, not a no-op.
+        """
+        if self.config.dense:
+            raise ValueError(
+                f"with_capacity({capacity_factor!r}): a dense model (config.dense = True) has no MoE layers"
+            )
+        moe = self.pairs.second.moe.with_capacity(capacity_factor)
+        return eqx.tree_at(lambda model: model.pairs.second.moe, self, moe)
+
     def _tokens(self, images):
         cfg = self.config
         if images.ndim != 4 or images.shape[1:] != (cfg.image_size, cfg.image_size, cfg.channels):

@@ -434,11 +434,13 @@ def summarize(config: Config, workdir: Path, test_accuracy: float, probe: dict, 
     }
 
 
-def load_trained(workdir, config: Config | None = None):
+def load_trained(workdir, config: Config | None = None, *, capacity_factor: float | None = None):
     """``(model, config, step)``: the run in ``workdir`` at its last checkpoint (weights checked by SHA-256).
 
     ``config`` defaults to the workdir's ``config.json``; pass one to load the same weights into a model built
     differently (another mesh, more Sinkhorn iterations: any change that keeps the arrays' shapes).
+    ``capacity_factor`` runs the trained model at another capacity (``ViTMoE.with_capacity``); it is checked
+    before the weights are read.
     """
     workdir = Path(workdir)
     config_path = workdir / "config.json"
@@ -450,6 +452,8 @@ def load_trained(workdir, config: Config | None = None):
     if meta is None:
         raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
     model = ViTMoE(config.model, key=jax.random.key(0))
+    if capacity_factor is not None:
+        model = model.with_capacity(capacity_factor)  # static fields only: the restore below fills the arrays
     opt_state = make_optimizer(config)[0].init(eqx.filter(model, eqx.is_array))
     model, _ = checkpoint.restore(meta, (model, opt_state))
     return model, config, meta["step"]
