@@ -41,7 +41,13 @@ CASES = [
     (lambda: R.route("softmax_expert_choice", X, W, noise=np.ones((4, 3))), ValueError, r"noise must have shape"),
     (lambda: R.route("softmax_expert_choice", [[np.nan] * 3] * 4, W), ValueError, r"x must be finite"),
     (lambda: R.route("soft_moe", X, np.ones((3, 2, 1)), noise=np.ones((4, 2))), ValueError, r"noise must be None"),
-    (lambda: R.route("soft_moe", X, np.ones((3, 2, 1)), factor=2), ValueError, r"factor must be left at 1"),
+    (
+        lambda: R.route("soft_moe", X, np.ones((3, 2, 1)), factor=2),
+        ValueError,
+        r"factor c = 2.0 asks for round\(c \* T / E\) = round\(2.0 \* 4 / 2\) = 4 slots per expert, "
+        r"but weight \(phi\) has S = weight.shape\[2\] = 1",
+    ),
+    (lambda: R.route("soft_moe", X, np.ones((3, 2, 1)), factor=0.0), ValueError, r"factor must be .*> 0, got 0.0"),
     (
         lambda: R.mlp_experts(np.ones((2, 3, 4)), np.ones((2, 5)), np.ones((2, 4, 3)), np.ones((2, 3))),
         ValueError,

@@ -120,6 +120,25 @@ def test_route_matches_the_boxed_summaries():
         np.testing.assert_array_equal(got, expected)
 
 
+def test_soft_moe_factor_must_agree_with_the_slots_of_phi():
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(10, 3))
+    expected = R.soft_moe_routing(x, phi := rng.normal(size=(3, 4, 2)))
+    # T = 10, E = 4, S = 2. Accepted: c = 1 gives round(2.5) = 2 (halves to even, as capacity does), c = 0.9
+    # round(2.25) = 2, c = 0.7 round(1.75) = 2. Refused: c = 1.1 gives round(2.75) = 3, c = 2 gives 5, c = 0.5
+    # round(1.25) = 1, c = 0.1 round(0.25) = 0.
+    for factor in (None, 1, 0.9, 0.7):
+        for got, want in zip(R.route("soft_moe", x, phi, factor=factor), expected, strict=True):
+            np.testing.assert_array_equal(got, want)
+    assert R.capacity(10, 4, 1) == 2
+    for factor, slots in ((1.1, 3), (2, 5), (0.5, 1), (0.1, 0)):  # round(c * 10 / 4) for each c
+        with pytest.raises(ValueError, match=rf"= {slots} slots per expert, but weight \(phi\) has S = .* = 2"):
+            R.route("soft_moe", x, phi, factor=factor)
+    # Any S is accepted when no factor is given, e.g. S = 7 for T = 10, E = 4.
+    dispatch, _ = R.route("soft_moe", x, rng.normal(size=(3, 4, 7)))
+    assert dispatch.shape == (10, 4, 7)
+
+
 def test_sinkhorn_token_choice_combines_with_softmax_not_the_plan():
     rng = np.random.default_rng(6)
     x, w = rng.normal(size=(8, 2)), rng.normal(size=(2, 4))
