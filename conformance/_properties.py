@@ -539,6 +539,7 @@ BAD_CALLS = {
     "b1 of the wrong shape": lambda m: m.mlp_experts(
         np.ones((2, 3, 4)), np.ones((2, 5)), np.ones((2, 4, 3)), np.ones((2, 3))),
     "zero importance": lambda m: m.importance_loss(np.zeros((2, 2))),
+    "importance of logits": lambda m: m.importance_loss(np.array([[2.0, -1.0], [0.5, 0.5]])),
     "noise_std 0": lambda m: m.load_loss(_GOOD, _GOOD, 0.0, 1),
 }  # fmt: skip
 

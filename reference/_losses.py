@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import ndtr
 
-from ._checks import integer, positive_real, real_array, same_shape
+from ._checks import integer, positive_real, real_array, row_stochastic, same_shape
 
 
 def cv_squared(values: np.ndarray, name: str) -> float:
@@ -22,11 +22,17 @@ def cv_squared(values: np.ndarray, name: str) -> float:
 def importance_loss(gates) -> float:
     """Importance loss of Appendix A: ``CV(sum_t gates[t, :])^2``.
 
-    ``gates`` is the routing probability matrix ``softmax(X W)``; its column sums are each expert's
-    importance on the group, and the loss is their squared coefficient of variation across experts.
+    ``gates`` is the routing probability matrix ``softmax(X W)`` of the clean logits (Appendix A writes
+    ``Pi_{W,X} = softmax(XW)``, without the noise); its column sums are each expert's importance on the
+    group, and the loss is their squared coefficient of variation across experts.
+
+    Choice: ``gates`` must be row-stochastic, every entry >= 0 and every row summing to 1 within a
+    tolerance set by the caller's dtype (1e-9 for 64-bit floats and integers, 1e-5 for 32-bit, 1e-2 for
+    16-bit); anything else is an error saying it looks like logits. The loss of logits is a number, but
+    not the importance loss.
 
     Args:
-      gates: (T, E) routing probabilities.
+      gates: (T, E) routing probabilities, each row summing to 1.
 
     Returns:
       The loss, a float >= 0.
@@ -35,8 +41,9 @@ def importance_loss(gates) -> float:
       >>> importance_loss([[0.75, 0.25], [0.75, 0.25]])  # importances 1.5, 0.5: var 0.25 / mean^2 1.0
       0.25
     """
-    gates = real_array("gates", gates, "(T, E)")
-    importance = gates.sum(axis=0)  # r = Pi^T 1_T
+    probabilities = real_array("gates", gates, "(T, E)")
+    row_stochastic("gates", probabilities, np.asarray(gates).dtype)  # Choice: probabilities, not logits
+    importance = probabilities.sum(axis=0)  # r = Pi^T 1_T
     return cv_squared(importance, "the expert importances")
 
 

@@ -124,6 +124,8 @@ def test_bad_input_mirrors_the_reference():
         (lambda m: m.route("soft_moe", X, PHI, factor=1), ValueError, r"= 6 slots per expert, .* S = .* = 3"),
         (lambda m: m.route("soft_moe", X, PHI, factor=0.4), ValueError, r"= 2 slots per expert, .* S = .* = 3"),
         (lambda m: m.route("soft_moe", X, PHI, factor=-1.0), ValueError, r"factor must be .*> 0"),
+        (lambda m: m.importance_loss(LOGITS), ValueError, r"< 0: it looks like logits"),
+        (lambda m: m.importance_loss(np.exp(LOGITS)), ValueError, r"row 0 sums to .*: it looks like logits"),
     ]
     for call, exception, pattern in cases:
         for module in (R, O):
@@ -138,3 +140,21 @@ def test_soft_moe_factor_accepts_the_slots_of_phi():
         for got, want in zip(O.route("soft_moe", X, PHI, factor=factor), expected, strict=True):
             np.testing.assert_array_equal(got, want)
 
+
+def test_importance_loss_checks_concrete_gates_by_their_dtype():
+    probs = R.softmax_affinity(LOGITS)
+    off = probs.copy()
+    off[:, 0] += 1e-6  # rows 1e-6 off: within 1e-5 for 32-bit floats, not within 1e-9 for 64-bit ones
+    expected = R.importance_loss(probs)
+    assert float(O.importance_loss(jnp.asarray(off, jnp.float32))) == pytest.approx(expected, rel=1e-4)
+    with pytest.raises(ValueError, match=r"within 1e-09 for float64\); row 0 sums to 1.000001"):
+        O.importance_loss(off)  # judged as the float64 it is, even where JAX computes in float32
+    half = jnp.asarray(probs, jnp.float16)  # float16 keeps 11 bits: rows miss 1 by ~1e-3, within 1e-2
+    assert float(O.importance_loss(half)) == pytest.approx(expected, rel=1e-2)
+    with pytest.raises(ValueError, match=r"within 0.01 for float16\); row 0 sums to 1.0[34]"):
+        O.importance_loss(jnp.asarray(probs + 0.01, jnp.float16))
+    # Under jit the gates are tracers: their values are unknown, so nothing is checked (as for finiteness).
+    unnormalized = np.exp(LOGITS)
+    importance = unnormalized.sum(axis=0)
+    traced = jax.jit(O.importance_loss)(jnp.asarray(unnormalized, jnp.float32))
+    assert float(traced) == pytest.approx(importance.var() / importance.mean() ** 2, rel=1e-5)

@@ -120,6 +120,26 @@ def test_route_matches_the_boxed_summaries():
         np.testing.assert_array_equal(got, expected)
 
 
+def test_importance_loss_takes_probabilities_not_logits():
+    logits = np.random.default_rng(9).normal(size=(6, 4))
+    probs = R.softmax_affinity(logits)
+    with pytest.raises(ValueError, match=r"entry \(0, \d\) is -?[0-9.]+ < 0: it looks like logits"):
+        R.importance_loss(logits - 5)  # some entries negative
+    with pytest.raises(ValueError, match=r"row 0 sums to .*: it looks like logits"):
+        R.importance_loss(np.exp(logits))  # positive, unnormalized
+    assert R.importance_loss([[1, 0], [0, 1], [1, 0]]) == pytest.approx(1 / 9)  # one-hot integers: 2, 1
+    # The tolerance follows the caller's dtype: rows 1e-6 off pass as float32 (1e-5), not as float64 (1e-9).
+    off = probs.copy()
+    off[:, 0] += 1e-6
+    assert R.importance_loss(off.astype(np.float32)) == pytest.approx(R.importance_loss(probs), rel=1e-4)
+    with pytest.raises(ValueError, match=r"within 1e-09 for float64\); row 0 sums to 1.000001"):
+        R.importance_loss(off)
+    # float16 rounds each entry by up to 2^-11 of itself, so its rows miss 1 by ~1e-3: within 1e-2.
+    assert R.importance_loss(probs.astype(np.float16)) == pytest.approx(R.importance_loss(probs), rel=1e-2)
+    with pytest.raises(ValueError, match=r"within 0.01 for float16\); row 0 sums to 1.0[34]"):
+        R.importance_loss((probs + 0.01).astype(np.float16))  # rows sum to 1.04
+
+
 def test_soft_moe_factor_must_agree_with_the_slots_of_phi():
     rng = np.random.default_rng(8)
     x = rng.normal(size=(10, 3))
