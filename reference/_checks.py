@@ -26,7 +26,7 @@ def real_array(name: str, value, shape_doc: str) -> np.ndarray:
         raise ValueError(f"{name} must have shape {shape_doc} ({ndim} dimensions), got shape {arr.shape}")
     if arr.size == 0:
         raise ValueError(f"{name} must not be empty, got shape {arr.shape} for {shape_doc}")
-    arr = arr.astype(np.float64)
+    arr = arr.astype(np.float64)  # Choice [float64]: the spec computes in float64, whatever the input's dtype
     finite = np.isfinite(arr)
     if not finite.all():
         first = tuple(int(i) for i in np.argwhere(~finite)[0])
@@ -64,8 +64,8 @@ def positive_real(name: str, value) -> float:
     return value
 
 
-# How far from 1 a row of probabilities may sum, by the width in bits of the caller's floats (integers: 64): about
-# a hundred roundings of softmax in that width, and far below what rows of logits miss 1 by.
+# Choice [importance-gates]: how far from 1 a row of probabilities may sum, by the width in bits of the caller's
+# floats (integers: 64): about a hundred roundings of softmax in that width, far below what rows of logits miss 1 by.
 ROW_SUM_TOLERANCE = {64: 1e-9, 32: 1e-5, 16: 1e-2}
 
 

@@ -41,10 +41,11 @@ def route(router: str, x, weight, *, factor=None, noise=None) -> tuple[np.ndarra
     ``soft_moe`` (sec. 2.6): ``weight`` is phi, (D, E, S); the tensors are eqs. (10)-(11) with S slots. The
     paper sizes S like C (sec. 3.1): ``S = round(c * T / E)`` with T the tokens of one image.
 
-    Choice: ``noise`` (T, E) is added to the logits once, and every matrix of the call (softmax, Sinkhorn
-    plan, sparse-OT plan) is computed from the noisy logits, as eq. (6) writes ``softmax(XW + sigma eps)``.
-    Choice: Soft MoE takes no noise; passing any is an error rather than being ignored.
-    Choice: Soft MoE's slot count is phi's last axis, S. With ``factor=None`` (the default) any S is
+    Choice [noise-placement]: ``noise`` (T, E) is added to the logits once, and every matrix of the call
+    (softmax, Sinkhorn plan, sparse-OT plan) is computed from the noisy logits, as eq. (6) writes
+    ``softmax(XW + sigma eps)``. Drawing it, in training only, is the caller's business.
+    Choice [soft-moe-no-noise]: Soft MoE takes no noise; passing any is an error rather than being ignored.
+    Choice [soft-moe-factor]: Soft MoE's slot count is phi's last axis, S. With ``factor=None`` (the default) any S is
     accepted; an explicit factor c must agree with it, ``S == round(c * T / E)`` with the rounding of
     ``capacity``, or the call is an error naming both numbers. A factor is then a check of phi's shape,
     never a silent override of it.
@@ -74,7 +75,7 @@ def route(router: str, x, weight, *, factor=None, noise=None) -> tuple[np.ndarra
         phi = real_array("weight", weight, "(D, E, S)")
         if phi.shape[0] != width:
             raise ValueError(f"weight (phi) must have shape (D, E, S) with D = {width}, got {phi.shape}")
-        if noise is not None:
+        if noise is not None:  # Choice [soft-moe-no-noise]: an error, not ignored
             raise ValueError("noise must be None for soft_moe: Soft MoE routing has no noisy logits")
         if factor is not None:
             _check_soft_moe_factor(factor, num_tokens, phi.shape[1], phi.shape[2])
@@ -99,8 +100,8 @@ def route(router: str, x, weight, *, factor=None, noise=None) -> tuple[np.ndarra
     if noise is not None:
         noise = real_array("noise", noise, "(T, E)")
         same_shape("noise", noise, logits.shape, "(T, E)")
-        logits = logits + noise  # Choice: every matrix below sees the noisy logits (eq. 6)
-    softmax = softmax_affinity(logits)  # Pi_softmax, eq. (6); always the combine weights
+        logits = logits + noise  # Choice [noise-placement]: every matrix below sees the noisy logits (eq. 6)
+    softmax = softmax_affinity(logits)  # Pi_softmax, eq. (6); Choice [combine-weights]: always the combine values
 
     if router == "softmax_token_choice":
         return token_choice_allocation(softmax, slots, k)
