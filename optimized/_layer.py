@@ -230,10 +230,12 @@ class MoELayer(eqx.Module):
     ``__call__(x, *, key=None, inference=False)`` returns ``(y, aux)`` where ``aux`` holds ``"loss"`` (the
     weighted auxiliary loss, 0 except for Token Choice) and every entry of ``METRIC_NAMES``.
 
-    Choice: Softmax Token Choice adds noise N(0, noise_std^2) to its logits in training (default
-    noise_std = 1/E, as V-MoE) and none at inference; the importance loss is taken on the softmax of the
-    noisy logits and the load loss compares clean and noisy logits (Appendix A). Sinkhorn Token Choice gets
-    the importance loss only (it has no noise). The defaults weigh each loss 0.005 (V-MoE's 0.01 total).
+    Choice: Softmax Token Choice adds noise N(0, noise_std^2) to its logits in training (default standard
+    deviation noise_std = 1/E, as V-MoE) and none at inference; the importance loss is taken on the softmax
+    of the noisy logits, and the load loss compares clean and noisy logits (Appendix A). Appendix A and
+    V-MoE's router take the importance loss on the softmax of the clean logits instead (see "Noise and the
+    auxiliary losses" in reference/README.md). Sinkhorn Token Choice gets the importance loss only (it has
+    no noise). The defaults weigh each loss 0.005 (V-MoE's 0.01 total).
     Choice: ``sinkhorn_style="paper"`` (the default) gives the Sinkhorn routers no noise, as the paper's text
     (Sinkhorn balances by itself); ``"vmoe"`` follows the authors' released router code
     (``vmoe/projects/sparsity_constrained_ot/kl_projection_routing.py``): noise N(0, noise_std^2) on the logits
