@@ -533,11 +533,13 @@ BAD_CALLS = {
     "noise of the wrong shape": lambda m: m.route("softmax_token_choice", _X, _W, noise=np.ones((4, 3))),
     "phi of the wrong width": lambda m: m.soft_moe_routing(_X, np.ones((2, 2, 1))),
     "noise for soft_moe": lambda m: m.route("soft_moe", _X, np.ones((3, 2, 1)), noise=np.ones((4, 2))),
+    "soft_moe factor against phi's S": lambda m: m.route("soft_moe", _X, np.ones((3, 2, 1)), factor=1),
     "mismatched combine": lambda m: m.moe_layer(_X, np.ones((4, 2, 1)), np.ones((4, 2, 2)), m.mlp_experts(
         np.ones((2, 3, 4)), np.ones((2, 4)), np.ones((2, 4, 3)), np.ones((2, 3)))),
     "b1 of the wrong shape": lambda m: m.mlp_experts(
         np.ones((2, 3, 4)), np.ones((2, 5)), np.ones((2, 4, 3)), np.ones((2, 3))),
     "zero importance": lambda m: m.importance_loss(np.zeros((2, 2))),
+    "importance of logits": lambda m: m.importance_loss(np.array([[2.0, -1.0], [0.5, 0.5]])),
     "noise_std 0": lambda m: m.load_loss(_GOOD, _GOOD, 0.0, 1),
 }  # fmt: skip
 

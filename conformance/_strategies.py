@@ -67,7 +67,8 @@ def route_case(draw, router: str):
     if router == "soft_moe":
         slots = draw(st.integers(1, 3))
         weight = draw(grid_matrix((width, experts, slots), step=1 / 8, bound=1.0))
-        factor = 1
+        # None takes S from phi; the explicit c = S E / T is the factor that sizes phi: round(c T / E) = S.
+        factor = draw(st.sampled_from((None, slots * experts / tokens)))
     else:
         weight = draw(grid_matrix((width, experts), step=1 / 8, bound=1.0))
         if router.endswith("token_choice"):

@@ -90,3 +90,38 @@ def positive_real(name: str, value) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value}")
     return value
+
+
+# How far from 1 a row of probabilities may sum, by the width in bits of the caller's floats (integers: 64); the
+# spec's table (reference/_checks.py), written again here because optimized never imports reference.
+ROW_SUM_TOLERANCE = {64: 1e-9, 32: 1e-5, 16: 1e-2}
+
+
+def row_stochastic(name: str, value) -> None:
+    """Raise unless every entry of ``value`` is >= 0 and every row sums to 1 within its dtype's tolerance.
+
+    Checked on concrete values only: under ``jax.jit`` (a tracer) the values are unknown and nothing is checked,
+    as for finiteness in ``float_array``. ``value`` is the caller's array, already validated by ``float_array``.
+    """
+    if isinstance(value, jax.core.Tracer):
+        return
+    host = np.asarray(value)
+    bits = 64 if host.dtype.kind in "iu" else 8 * host.dtype.itemsize
+    tol = ROW_SUM_TOLERANCE[64 if bits >= 64 else 32 if bits >= 32 else 16]
+    probabilities = host.astype(np.float64)
+    expected = f"every entry >= 0 and every row summing to 1 (within {tol:g} for {host.dtype})"
+    negative = np.argwhere(probabilities < 0)
+    if negative.size:
+        first = tuple(int(i) for i in negative[0])
+        found = f"entry {first} is {float(probabilities[first])!r} < 0"
+    else:
+        sums = probabilities.sum(axis=1)
+        off = np.abs(sums - 1) > tol
+        if not off.any():
+            return
+        row = int(np.argmax(off))
+        found = f"row {row} sums to {float(sums[row])!r}"
+    raise ValueError(
+        f"{name} must be routing probabilities such as softmax(logits), {expected}; {found}: "
+        f"it looks like logits, pass their softmax"
+    )

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._checks import float_array, integer, positive_real, same_shape
+from ._checks import float_array, integer, positive_real, row_stochastic, same_shape
 from ._route import COMBINE_FROM, SINKHORN_ROUTERS, TOKEN_CHOICE_ROUTERS, check_router, sparse_capacity, sparse_routing
 from ._routing import Routing, capacity, soft_moe_logits, soft_moe_tensors
 
@@ -116,12 +116,14 @@ def _cv_squared(values):
 
 
 def importance_loss(gates) -> jax.Array:
-    """Appendix A: squared coefficient of variation (population) of the experts' summed gates ``gates.sum(0)``."""
-    gates = float_array("gates", gates, "(T, E)")
-    importance = jax.jit(jnp.sum, static_argnames="axis")(gates, axis=0)
-    if not isinstance(importance, jax.core.Tracer) and float(jnp.mean(importance)) == 0:
-        raise ValueError("the coefficient of variation of the expert importances is undefined: their mean is 0")
-    return _cv_squared(importance)
+    """Appendix A: squared coefficient of variation (population) of the experts' summed gates ``gates.sum(0)``.
+
+    ``gates`` are routing probabilities, softmax(logits): when they are concrete, an entry < 0 or a row not
+    summing to 1 (within 1e-9, 1e-5 or 1e-2 for 64-, 32- or 16-bit floats) is an error, as in the spec.
+    """
+    probabilities = float_array("gates", gates, "(T, E)")
+    row_stochastic("gates", gates)  # on concrete values only; then the mean importance is T/E > 0
+    return _cv_squared(jax.jit(jnp.sum, static_argnames="axis")(probabilities, axis=0))
 
 
 @functools.partial(jax.jit, static_argnames=("k",))
@@ -263,10 +265,12 @@ class MoELayer(eqx.Module):
     ``__call__(x, *, key=None, inference=False)`` returns ``(y, aux)`` where ``aux`` holds ``"loss"`` (the
     weighted auxiliary loss, 0 except for Token Choice) and every entry of ``METRIC_NAMES``.
 
-    Choice: Softmax Token Choice adds noise N(0, noise_std^2) to its logits in training (default
-    noise_std = 1/E, as V-MoE) and none at inference; the importance loss is taken on the softmax of the
-    noisy logits and the load loss compares clean and noisy logits (Appendix A). Sinkhorn Token Choice gets
-    the importance loss only (it has no noise). The defaults weigh each loss 0.005 (V-MoE's 0.01 total).
+    Choice: Softmax Token Choice adds noise N(0, noise_std^2) to its logits in training (default standard
+    deviation noise_std = 1/E, as V-MoE) and none at inference; the importance loss is taken on the softmax
+    of the noisy logits, and the load loss compares clean and noisy logits (Appendix A). Appendix A and
+    V-MoE's router take the importance loss on the softmax of the clean logits instead (see "Noise and the
+    auxiliary losses" in reference/README.md). Sinkhorn Token Choice gets the importance loss only (it has
+    no noise). The defaults weigh each loss 0.005 (V-MoE's 0.01 total).
     Choice: ``sinkhorn_style="paper"`` (the default) gives the Sinkhorn routers no noise, as the paper's text
     (Sinkhorn balances by itself); ``"vmoe"`` follows the authors' released router code
     (``vmoe/projects/sparsity_constrained_ot/kl_projection_routing.py``): noise N(0, noise_std^2) on the logits

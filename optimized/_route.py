@@ -16,6 +16,7 @@ from ._routing import (
     capacity,
     dense_routing,
     expert_choice_routing,
+    rounded_capacity,
     soft_moe_routing,
     token_choice_routing,
 )
@@ -51,6 +52,21 @@ def sparse_capacity(router: str, num_tokens: int, num_experts: int, factor) -> t
     if slots > num_tokens:
         raise ValueError(f"factor c = {c} gives capacity {slots} > T = {num_tokens} tokens; Expert Choice needs C <= T")
     return slots, 0
+
+
+def check_soft_moe_factor(factor, num_tokens: int, num_experts: int, num_slots: int) -> None:
+    """Raise unless phi's S slots per expert are ``round(factor * T / E)``, the capacity rounding.
+
+    Choice: as the spec's ``route``: an explicit factor is a check of phi's S, never an override of it.
+    """
+    c = positive_real("factor", factor)
+    expected = rounded_capacity(num_tokens, num_experts, c)
+    if expected != num_slots:
+        raise ValueError(
+            f"factor c = {c} asks for round(c * T / E) = round({c} * {num_tokens} / {num_experts}) = {expected} "
+            f"slots per expert, but weight (phi) has S = weight.shape[2] = {num_slots}; pass the c that sized "
+            f"phi, or leave factor at None to use S as it is"
+        )
 
 
 @functools.partial(
@@ -109,9 +125,10 @@ def sparse_routing(
     return expert_choice_routing(plan, slots, softmax), jnp.max(jnp.abs(rows - 1))
 
 
-def route(router: str, x, weight, *, factor=1, noise=None):
+def route(router: str, x, weight, *, factor=None, noise=None):
     """Dense routing tensors ``(dispatch, combine)`` of one group for any of the six routers (the spec's
-    ``route``): W (D, E) for the sparse routers with C = capacity(T, E, factor); phi (D, E, S) for Soft MoE."""
+    ``route``): W (D, E) for the sparse routers with C = capacity(T, E, factor), factor None meaning 1;
+    phi (D, E, S) for Soft MoE, where an explicit factor c must satisfy ``S == round(c * T / E)``."""
     router = check_router(router)
     x = float_array("x", x, "(T, D)")
     num_tokens, width = x.shape
@@ -121,16 +138,13 @@ def route(router: str, x, weight, *, factor=1, noise=None):
             raise ValueError(f"weight (phi) must have shape (D, E, S) with D = {width}, got {phi.shape}")
         if noise is not None:
             raise ValueError("noise must be None for soft_moe: Soft MoE routing has no noisy logits")
-        if factor != 1:
-            raise ValueError(
-                f"factor must be left at 1 for soft_moe, got {factor!r}: the number of slots per expert is "
-                f"weight.shape[2] = {phi.shape[2]}"
-            )
+        if factor is not None:
+            check_soft_moe_factor(factor, num_tokens, phi.shape[1], phi.shape[2])
         return soft_moe_routing(x, phi)
     w = float_array("weight", weight, "(D, E)")
     if w.shape[0] != width:
         raise ValueError(f"weight (W) must have shape (D, E) with D = {width}, got {w.shape}")
-    slots, k = sparse_capacity(router, num_tokens, w.shape[1], factor)
+    slots, k = sparse_capacity(router, num_tokens, w.shape[1], 1 if factor is None else factor)
     if noise is not None:
         noise = float_array("noise", noise, "(T, E)")
         same_shape("noise", noise, (num_tokens, w.shape[1]), "(T, E)")

@@ -37,13 +37,18 @@ def capacity(num_tokens: int, num_experts: int, factor: float) -> int:
     num_tokens = integer("num_tokens", num_tokens, minimum=1)
     num_experts = integer("num_experts", num_experts, minimum=1)
     factor = positive_real("factor", factor)
-    result = round(factor * num_tokens / num_experts)
+    result = rounded_capacity(num_tokens, num_experts, factor)
     if result < 1:
         raise ValueError(
             f"capacity round(factor * num_tokens / num_experts) = round({factor} * {num_tokens} / {num_experts}) "
             f"= {result} is below 1; use more tokens per group, fewer experts or a larger factor"
         )
     return result
+
+
+def rounded_capacity(num_tokens: int, num_experts: int, factor: float) -> int:
+    """``round(factor * T / E)`` without any check: the one rounding that ``capacity`` and Soft MoE's slots share."""
+    return round(factor * num_tokens / num_experts)
 
 
 # ----------------------------------------------------------------------------------------------- affinities

@@ -2,8 +2,9 @@
 
 It is the project's specification: float64, obvious loops, each line traceable to an equation or an
 algorithm line of "Routers in Vision Mixture of Experts: An Empirical Study". It imports only NumPy and
-SciPy, never anything else of this project. Every place where the paper is silent is marked ``Choice:``
-in the code and listed in ``reference/README.md``.
+SciPy, never anything else of this project. Every place where the paper is silent is marked in the code
+with ``Choice``, a short key in brackets and the reason, and listed under that key in ``reference/README.md``
+(``tests/test_reference_choices.py`` keeps the two lists equal).
 
 Dimensions: T tokens in a routing group, D model width, H expert hidden width, E experts,
 C capacity (slots per expert), S Soft MoE slots per expert, K (k) experts per token.

@@ -12,8 +12,12 @@ def capacity(num_tokens: int, num_experts: int, factor: float) -> int:
 
     ``factor`` is k for Token Choice and the capacity factor c for Expert Choice and Soft MoE.
 
-    Choice: ``round`` is Python's, which rounds halves to even (``round(2.5) == 2``), and the product is
-    formed as ``(factor * T) / E`` in float64. The paper writes ``round`` without saying how halves go.
+    Choice [capacity-rounding]: ``round`` is Python's, which rounds halves to even (``round(2.5) == 2``), and
+    the product is formed as ``(factor * T) / E`` in float64. The paper writes ``round`` without saying how
+    halves go.
+    Choice [capacity-below-one]: a capacity below 1 (a group of at most ``E / (2 factor)`` tokens) is an error,
+    not raised to 1: saying so beats routing with a capacity nobody asked for. The authors' ``compute_capacity``
+    (``vmoe/moe.py``) raises too.
 
     Raises:
       ValueError: if C would be below 1 (the group is too small for this many experts).
@@ -27,8 +31,8 @@ def capacity(num_tokens: int, num_experts: int, factor: float) -> int:
     num_tokens = integer("num_tokens", num_tokens, minimum=1)
     num_experts = integer("num_experts", num_experts, minimum=1)
     factor = positive_real("factor", factor)
-    result = round(factor * num_tokens / num_experts)
-    if result < 1:
+    result = rounded_capacity(num_tokens, num_experts, factor)
+    if result < 1:  # Choice [capacity-below-one]: an error, not silently 1
         raise ValueError(
             f"capacity round(factor * num_tokens / num_experts) = round({factor} * {num_tokens} / {num_experts}) "
             f"= {result} is below 1; use more tokens per group, fewer experts or a larger factor"
@@ -36,9 +40,14 @@ def capacity(num_tokens: int, num_experts: int, factor: float) -> int:
     return result
 
 
+def rounded_capacity(num_tokens: int, num_experts: int, factor: float) -> int:
+    """``round(factor * T / E)`` without any check: the one rounding that ``capacity`` and Soft MoE's slots share."""
+    return round(factor * num_tokens / num_experts)  # Choice [capacity-rounding]: Python's round, halves to even
+
+
 def _scores_and_weights(scores, weights) -> tuple[np.ndarray, np.ndarray]:
     scores = real_array("scores", scores, "(T, E)")
-    if weights is None:
+    if weights is None:  # Choice [combine-weights]: by default the choosing matrix also gives the combine values
         return scores, scores
     weights = real_array("weights", weights, "(T, E)")
     same_shape("weights", weights, scores.shape, "(T, E) of scores")
@@ -53,9 +62,9 @@ def token_choice_allocation(scores, capacity: int, k: int, weights=None) -> tupl
     ``combine[t, r, c] = weights[t, r]``. Otherwise the choice is dropped. All first choices are placed
     before any second choice.
 
-    Choice: among equal scores a token prefers the lower expert index.
-    Choice: ``weights`` (default: ``scores``) gives the combine values, so that the Sinkhorn routers can
-    choose with the transport plan and combine with the softmax (sec. 2.2).
+    Choice [tie-token-choice]: among equal scores a token prefers the lower expert index.
+    Choice [combine-weights]: ``weights`` (default: ``scores``) gives the combine values, so that the Sinkhorn
+    routers can choose with the transport plan and combine with the softmax (sec. 2.2).
 
     Args:
       scores: (T, E) affinity matrix Pi that decides the choices.
@@ -78,7 +87,7 @@ def token_choice_allocation(scores, capacity: int, k: int, weights=None) -> tupl
     dispatch = np.zeros((num_tokens, num_experts, slots))
     combine = np.zeros((num_tokens, num_experts, slots))
     # ranking[t, i] is token t's i-th best expert; the stable sort keeps the lower index first on ties.
-    ranking = np.argsort(-scores, axis=1, kind="stable")
+    ranking = np.argsort(-scores, axis=1, kind="stable")  # Choice [tie-token-choice]
     for i in range(k):  # Algorithm 1: for the top i-th choice with i = 1, ..., k
         for t in range(num_tokens):  # for token index t = 1, ..., T
             r = ranking[t, i]  # w, r = max_{i-th} Pi[t, :]
@@ -96,9 +105,9 @@ def expert_choice_allocation(scores, capacity: int, weights=None) -> tuple[np.nd
     ``dispatch[t, r, c] = 1`` and ``combine[t, r, c] = weights[t, r]``. Every expert fills all C slots; a
     token may be chosen by several experts or by none.
 
-    Choice: among equal scores an expert prefers the lower token index.
-    Choice: every slot is filled, even where the score is 0 (as can happen with the sparse-OT plan): the
-    algorithm as printed takes the c-th largest score without a threshold.
+    Choice [tie-expert-choice]: among equal scores an expert prefers the lower token index.
+    Choice [fill-every-slot]: every slot is filled, even where the score is 0 (as can happen with the
+    sparse-OT plan): the algorithm as printed takes the c-th largest score without a threshold.
 
     Args:
       scores: (T, E) affinity matrix Pi that decides the choices.
@@ -124,8 +133,9 @@ def expert_choice_allocation(scores, capacity: int, weights=None) -> tuple[np.nd
     dispatch = np.zeros((num_tokens, num_experts, slots))
     combine = np.zeros((num_tokens, num_experts, slots))
     for r in range(num_experts):  # Algorithm 2: for expert index r = 1, ..., E
-        ranking = np.argsort(-scores[:, r], kind="stable")  # tokens by decreasing score; lower index on ties
-        for c in range(slots):  # for capacity index c = 1, ..., C
+        # Choice [tie-expert-choice]: tokens by decreasing score, a stable sort keeps the lower index on ties.
+        ranking = np.argsort(-scores[:, r], kind="stable")
+        for c in range(slots):  # for capacity index c = 1, ..., C; Choice [fill-every-slot]: no threshold
             t = ranking[c]  # w, t = max_{c-th} [Gate_r(x_1), ..., Gate_r(x_T)]
             dispatch[t, r, c] = 1.0  # D[t, r, c] = 1
             combine[t, r, c] = weights[t, r]  # C[t, r, c] = w

@@ -26,7 +26,7 @@ def real_array(name: str, value, shape_doc: str) -> np.ndarray:
         raise ValueError(f"{name} must have shape {shape_doc} ({ndim} dimensions), got shape {arr.shape}")
     if arr.size == 0:
         raise ValueError(f"{name} must not be empty, got shape {arr.shape} for {shape_doc}")
-    arr = arr.astype(np.float64)
+    arr = arr.astype(np.float64)  # Choice [float64]: the spec computes in float64, whatever the input's dtype
     finite = np.isfinite(arr)
     if not finite.all():
         first = tuple(int(i) for i in np.argwhere(~finite)[0])
@@ -62,3 +62,38 @@ def positive_real(name: str, value) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value}")
     return value
+
+
+# Choice [importance-gates]: how far from 1 a row of probabilities may sum, by the width in bits of the caller's
+# floats (integers: 64): about a hundred roundings of softmax in that width, far below what rows of logits miss 1 by.
+ROW_SUM_TOLERANCE = {64: 1e-9, 32: 1e-5, 16: 1e-2}
+
+
+def row_sum_tolerance(dtype: np.dtype) -> float:
+    """The tolerance of ``ROW_SUM_TOLERANCE`` for an array of ``dtype`` (16-bit and narrower: the 16-bit one)."""
+    bits = 64 if dtype.kind in "iu" else 8 * dtype.itemsize
+    return ROW_SUM_TOLERANCE[64 if bits >= 64 else 32 if bits >= 32 else 16]
+
+
+def row_stochastic(name: str, arr: np.ndarray, dtype: np.dtype) -> None:
+    """Raise unless every entry of ``arr`` is >= 0 and every row sums to 1 within the tolerance of ``dtype``.
+
+    ``arr`` is the float64 copy of the caller's array, ``dtype`` the caller's own dtype.
+    """
+    tol = row_sum_tolerance(dtype)
+    expected = f"every entry >= 0 and every row summing to 1 (within {tol:g} for {dtype})"
+    negative = np.argwhere(arr < 0)
+    if negative.size:
+        first = tuple(int(i) for i in negative[0])
+        found = f"entry {first} is {float(arr[first])!r} < 0"
+    else:
+        sums = arr.sum(axis=1)
+        off = np.abs(sums - 1) > tol
+        if not off.any():
+            return
+        row = int(np.argmax(off))
+        found = f"row {row} sums to {float(sums[row])!r}"
+    raise ValueError(
+        f"{name} must be routing probabilities such as softmax(logits), {expected}; {found}: "
+        f"it looks like logits, pass their softmax"
+    )

@@ -19,7 +19,7 @@ def gelu_tanh(x: np.ndarray) -> np.ndarray:
 def mlp_experts(w1, b1, w2, b2) -> Experts:
     """E two-layer MLP experts with stacked weights: ``MLP_r(u) = gelu(u @ w1[r] + b1[r]) @ w2[r] + b2[r]``.
 
-    Choice: GELU in its tanh form, the default of ``jax.nn.gelu`` and of ViT/V-MoE code.
+    Choice [gelu-tanh]: GELU in its tanh form, the default of ``jax.nn.gelu`` and of ViT/V-MoE code.
 
     Args:
       w1: (E, D, H) first-layer weights.   b1: (E, H) first-layer biases.
@@ -46,7 +46,7 @@ def mlp_experts(w1, b1, w2, b2) -> Experts:
         r = integer("r", r, minimum=0, maximum=num_experts - 1, what=" (an expert index)")
         inputs = real_array("inputs", inputs, "(n, D)")
         same_shape("inputs", inputs, (inputs.shape[0], width), "(n, D)")
-        return gelu_tanh(inputs @ w1[r] + b1[r]) @ w2[r] + b2[r]
+        return gelu_tanh(inputs @ w1[r] + b1[r]) @ w2[r] + b2[r]  # Choice [gelu-tanh]
 
     return experts
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._affinity import sinkhorn_affinity, softmax_affinity
-from ._allocation import capacity, expert_choice_allocation, token_choice_allocation
+from ._allocation import capacity, expert_choice_allocation, rounded_capacity, token_choice_allocation
 from ._checks import integer, positive_real, real_array, same_shape
 from ._soft_moe import soft_moe_routing
 from ._sparse_ot import sparse_ot_affinity
@@ -22,7 +22,7 @@ TOKEN_CHOICE_ROUTERS = ROUTERS[:2]
 EXPERT_CHOICE_ROUTERS = ROUTERS[2:5]
 
 
-def route(router: str, x, weight, *, factor=1, noise=None) -> tuple[np.ndarray, np.ndarray]:
+def route(router: str, x, weight, *, factor=None, noise=None) -> tuple[np.ndarray, np.ndarray]:
     """Routing tensors ``(dispatch, combine)`` of one group of tokens, for any of the six routers.
 
     Sparse routers (``weight`` is W, (D, E); ``logits = x @ W``, plus ``noise`` when given):
@@ -36,20 +36,26 @@ def route(router: str, x, weight, *, factor=1, noise=None) -> tuple[np.ndarray, 
       ``Pi_sparse``, combine from the softmax.
 
     The capacity is ``C = capacity(T, E, factor)``: ``factor`` is k (an integer) for Token Choice and the
-    capacity factor c (a positive number) for Expert Choice.
+    capacity factor c (a positive number) for Expert Choice; left at None it is 1.
 
-    ``soft_moe`` (sec. 2.6): ``weight`` is phi, (D, E, S); the tensors are eqs. (10)-(11) with S slots.
+    ``soft_moe`` (sec. 2.6): ``weight`` is phi, (D, E, S); the tensors are eqs. (10)-(11) with S slots. The
+    paper sizes S like C (sec. 3.1): ``S = round(c * T / E)`` with T the tokens of one image.
 
-    Choice: ``noise`` (T, E) is added to the logits once, and every matrix of the call (softmax, Sinkhorn
-    plan, sparse-OT plan) is computed from the noisy logits, as eq. (6) writes ``softmax(XW + sigma eps)``.
-    Choice: Soft MoE takes neither noise nor a factor (its slot count is phi's last axis); passing either
-    is an error rather than being ignored.
+    Choice [noise-placement]: ``noise`` (T, E) is added to the logits once, and every matrix of the call
+    (softmax, Sinkhorn plan, sparse-OT plan) is computed from the noisy logits, as eq. (6) writes
+    ``softmax(XW + sigma eps)``. Drawing it, in training only, is the caller's business.
+    Choice [soft-moe-no-noise]: Soft MoE takes no noise; passing any is an error rather than being ignored.
+    Choice [soft-moe-factor]: Soft MoE's slot count is phi's last axis, S. With ``factor=None`` (the default) any S is
+    accepted; an explicit factor c must agree with it, ``S == round(c * T / E)`` with the rounding of
+    ``capacity``, or the call is an error naming both numbers. A factor is then a check of phi's shape,
+    never a silent override of it.
 
     Args:
       router: one of ``ROUTERS``.
       x: (T, D) tokens of one routing group.
       weight: W (D, E) for the sparse routers, phi (D, E, S) for ``soft_moe``.
-      factor: k for Token Choice, c for Expert Choice.
+      factor: k for Token Choice, c for Expert Choice (None: 1); for Soft MoE, None or the c that gave phi
+        its S slots per expert.
       noise: optional (T, E) noise added to the logits of the sparse routers.
 
     Returns:
@@ -69,19 +75,17 @@ def route(router: str, x, weight, *, factor=1, noise=None) -> tuple[np.ndarray, 
         phi = real_array("weight", weight, "(D, E, S)")
         if phi.shape[0] != width:
             raise ValueError(f"weight (phi) must have shape (D, E, S) with D = {width}, got {phi.shape}")
-        if noise is not None:
+        if noise is not None:  # Choice [soft-moe-no-noise]: an error, not ignored
             raise ValueError("noise must be None for soft_moe: Soft MoE routing has no noisy logits")
-        if factor != 1:
-            raise ValueError(
-                f"factor must be left at 1 for soft_moe, got {factor!r}: the number of slots per expert is "
-                f"weight.shape[2] = {phi.shape[2]}"
-            )
+        if factor is not None:
+            _check_soft_moe_factor(factor, num_tokens, phi.shape[1], phi.shape[2])
         return soft_moe_routing(x, phi)
 
     w = real_array("weight", weight, "(D, E)")
     if w.shape[0] != width:
         raise ValueError(f"weight (W) must have shape (D, E) with D = {width}, got {w.shape}")
     num_experts = w.shape[1]
+    factor = 1 if factor is None else factor
     if router in TOKEN_CHOICE_ROUTERS:
         k = integer("factor", factor, minimum=1, maximum=num_experts, what=" (k, experts per token, at most E)")
         slots = capacity(num_tokens, num_experts, k)
@@ -96,8 +100,8 @@ def route(router: str, x, weight, *, factor=1, noise=None) -> tuple[np.ndarray, 
     if noise is not None:
         noise = real_array("noise", noise, "(T, E)")
         same_shape("noise", noise, logits.shape, "(T, E)")
-        logits = logits + noise  # Choice: every matrix below sees the noisy logits (eq. 6)
-    softmax = softmax_affinity(logits)  # Pi_softmax, eq. (6); always the combine weights
+        logits = logits + noise  # Choice [noise-placement]: every matrix below sees the noisy logits (eq. 6)
+    softmax = softmax_affinity(logits)  # Pi_softmax, eq. (6); Choice [combine-weights]: always the combine values
 
     if router == "softmax_token_choice":
         return token_choice_allocation(softmax, slots, k)
@@ -109,3 +113,15 @@ def route(router: str, x, weight, *, factor=1, noise=None) -> tuple[np.ndarray, 
         return expert_choice_allocation(sinkhorn_affinity(logits), slots, weights=softmax)
     # sparsity_constrained_expert_choice
     return expert_choice_allocation(sparse_ot_affinity(logits, slots), slots, weights=softmax)
+
+
+def _check_soft_moe_factor(factor, num_tokens: int, num_experts: int, num_slots: int) -> None:
+    """Raise unless phi's S slots per expert are ``round(factor * T / E)``, the capacity rounding."""
+    c = positive_real("factor", factor)
+    expected = rounded_capacity(num_tokens, num_experts, c)
+    if expected != num_slots:  # Choice [soft-moe-factor]: an explicit factor must agree with phi's S
+        raise ValueError(
+            f"factor c = {c} asks for round(c * T / E) = round({c} * {num_tokens} / {num_experts}) = {expected} "
+            f"slots per expert, but weight (phi) has S = weight.shape[2] = {num_slots}; pass the c that sized "
+            f"phi, or leave factor at None to use S as it is"
+        )

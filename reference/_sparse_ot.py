@@ -39,7 +39,8 @@ def project_sparse_simplex(v, max_nonzeros: int) -> np.ndarray:
     Keep the ``max_nonzeros`` largest entries of ``v``, project them onto the simplex, zero the rest
     (Liu, Puigcerver & Blondel, 2023, Proposition 4; Kyrillidis et al., 2013).
 
-    Choice: among equal entries the lower index is kept first, so the result is deterministic.
+    Choice [tie-sparse-projection]: among equal entries the lower index is kept first, so the result is
+    deterministic.
 
     Example:
       >>> project_sparse_simplex([0.2, 0.9, 0.2, 0.5], 2).round(6).tolist()  # keep 0.9, 0.5: theta = 0.2
@@ -47,7 +48,7 @@ def project_sparse_simplex(v, max_nonzeros: int) -> np.ndarray:
     """
     v = real_array("v", v, "(n,)")
     max_nonzeros = integer("max_nonzeros", max_nonzeros, minimum=1)
-    order = np.argsort(-v, kind="stable")  # decreasing; a stable sort keeps the lower index first on ties
+    order = np.argsort(-v, kind="stable")  # Choice [tie-sparse-projection]: stable, lower index first on ties
     kept = order[:max_nonzeros]
     out = np.zeros_like(v)
     out[kept] = project_simplex(v[kept])
@@ -79,12 +80,17 @@ def sparse_ot_affinity(logits, capacity: int, *, num_iters: int = 20, learning_r
         its gradient:           grad F(alpha) = Pi(alpha) 1_E - 1_T     (Danskin's theorem)
 
     where ``P_C`` is the projection onto the simplex restricted to C nonzeros (``project_sparse_simplex``).
-    ``alpha`` starts at 0 and takes ``num_iters`` bias-corrected Adam steps on F (b1 0.9, b2 0.999, eps 1e-8,
-    as ``optax.adam``); the plan at the final ``alpha`` is returned.
-
     By construction every column is nonnegative, sums to T/E and has at most C nonzeros; only the rows are
-    approximate. Choice: the defaults (20 steps, learning rate 1e-2) follow the issue that specified this
-    router; ``reference/README.md`` records how far the rows are from 1 with them.
+    approximate.
+
+    Choice [sparse-ot-solver]: eq. (9) is solved through this semi-dual, with utility ``S = softmax(logits)``,
+    regularization weight 1 and ``b = T/E``, as the authors' router does (``ksparse_projection_routing.py`` in
+    ``vmoe/projects/sparsity_constrained_ot``, through ``jaxopt``'s semi-dual transport).
+    Choice [sparse-ot-adam]: ``alpha`` starts at 0 (as ``jaxopt``'s solver) and takes ``num_iters``
+    bias-corrected Adam steps on F (b1 0.9, b2 0.999, eps 1e-8, the defaults of ``optax.adam``); the plan at
+    the final ``alpha`` is returned.
+    Choice [sparse-ot-defaults]: 20 steps with learning rate 1e-2, the ``maxiter`` and ``adam_lr`` of the
+    authors' router; ``reference/README.md`` records how far the rows are from 1 with them.
 
     Args:
       logits: (T, E) router logits ``X @ W`` (plus noise, if any).
@@ -102,11 +108,11 @@ def sparse_ot_affinity(logits, capacity: int, *, num_iters: int = 20, learning_r
     """
     logits = real_array("logits", logits, "(T, E)")
     capacity = integer("capacity", capacity, minimum=1)
-    num_iters = integer("num_iters", num_iters, minimum=1)
+    num_iters = integer("num_iters", num_iters, minimum=1)  # Choice [sparse-ot-defaults]: 20 steps of 1e-2
     learning_rate = positive_real("learning_rate", learning_rate)
-    utility = softmax_affinity(logits)  # S = softmax(XW), the positive utility of eq. (9)
+    utility = softmax_affinity(logits)  # S = softmax(XW), eq. (9); Choice [sparse-ot-solver]: the semi-dual below
     num_tokens = logits.shape[0]
-    alpha = np.zeros(num_tokens)
+    alpha = np.zeros(num_tokens)  # Choice [sparse-ot-adam]: from 0, bias-corrected Adam
     first_moment = np.zeros(num_tokens)
     second_moment = np.zeros(num_tokens)
     for step in range(1, num_iters + 1):

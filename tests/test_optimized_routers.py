@@ -44,8 +44,12 @@ def test_empty_slots_are_marked_invalid():
     np.testing.assert_array_equal(routing.weight[1], [0.0, 0.0])
 
 
-# Soft MoE takes no factor (its slot count is phi's last axis), so it appears with factor 1 only.
-@pytest.mark.parametrize(("router", "factor"), [(r, f) for r in R.ROUTERS for f in (1, 2) if (r, f) != ("soft_moe", 2)])
+# Soft MoE's slot count is phi's last axis: no factor, or the c with round(c * T / E) = S (0.5 for S = 3, T = 24,
+# E = 4).
+ROUTE_FACTORS = [(r, f) for r in R.ROUTERS for f in ((None, 0.5) if r == "soft_moe" else (1, 2))]
+
+
+@pytest.mark.parametrize(("router", "factor"), ROUTE_FACTORS)
 def test_route_matches_reference(router, factor):
     expected = R.route(router, X, weight_for(router), factor=factor)
     got = O.route(router, X, weight_for(router), factor=factor)
@@ -92,7 +96,7 @@ def test_allocations_losses_and_layer_match_reference():
 
 @pytest.mark.parametrize("router", R.ROUTERS)
 def test_route_jits_with_static_router_and_factor(router):
-    fn = jax.jit(lambda x, w: O.route(router, x, w, factor=1))
+    fn = jax.jit(lambda x, w: O.route(router, x, w, factor=0.5 if router == "soft_moe" else 1))
     dispatch, combine = fn(jnp.asarray(X, jnp.float32), jnp.asarray(weight_for(router), jnp.float32))
     expected = O.route(router, X, weight_for(router))
     np.testing.assert_allclose(dispatch, expected[0], atol=1e-6)
@@ -116,8 +120,41 @@ def test_bad_input_mirrors_the_reference():
         (lambda m: m.route("top1", X, W), ValueError, r"router must be one of softmax_token_choice"),
         (lambda m: m.route("softmax_expert_choice", X, W, factor=0.01), ValueError, r"is below 1"),
         (lambda m: m.capacity(4, 2, True), TypeError, r"factor must be a real number"),
+        # T = 24, E = 4, S = 3: c = 1 asks for round(6) = 6 slots; c = 0.4 for round(2.4) = 2.
+        (lambda m: m.route("soft_moe", X, PHI, factor=1), ValueError, r"= 6 slots per expert, .* S = .* = 3"),
+        (lambda m: m.route("soft_moe", X, PHI, factor=0.4), ValueError, r"= 2 slots per expert, .* S = .* = 3"),
+        (lambda m: m.route("soft_moe", X, PHI, factor=-1.0), ValueError, r"factor must be .*> 0"),
+        (lambda m: m.importance_loss(LOGITS), ValueError, r"< 0: it looks like logits"),
+        (lambda m: m.importance_loss(np.exp(LOGITS)), ValueError, r"row 0 sums to .*: it looks like logits"),
     ]
     for call, exception, pattern in cases:
         for module in (R, O):
             with pytest.raises(exception, match=pattern):
                 call(module)
+
+
+def test_soft_moe_factor_accepts_the_slots_of_phi():
+    # T = 24, E = 4, S = 3: round(c * 6) = 3 for c in [0.42, 0.58], e.g. c = 0.5, and c = 0.45 (2.7 -> 3).
+    expected = O.soft_moe_routing(X, PHI)
+    for factor in (None, 0.5, 0.45):
+        for got, want in zip(O.route("soft_moe", X, PHI, factor=factor), expected, strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_importance_loss_checks_concrete_gates_by_their_dtype():
+    probs = R.softmax_affinity(LOGITS)
+    off = probs.copy()
+    off[:, 0] += 1e-6  # rows 1e-6 off: within 1e-5 for 32-bit floats, not within 1e-9 for 64-bit ones
+    expected = R.importance_loss(probs)
+    assert float(O.importance_loss(jnp.asarray(off, jnp.float32))) == pytest.approx(expected, rel=1e-4)
+    with pytest.raises(ValueError, match=r"within 1e-09 for float64\); row 0 sums to 1.000001"):
+        O.importance_loss(off)  # judged as the float64 it is, even where JAX computes in float32
+    half = jnp.asarray(probs, jnp.float16)  # float16 keeps 11 bits: rows miss 1 by ~1e-3, within 1e-2
+    assert float(O.importance_loss(half)) == pytest.approx(expected, rel=1e-2)
+    with pytest.raises(ValueError, match=r"within 0.01 for float16\); row 0 sums to 1.0[34]"):
+        O.importance_loss(jnp.asarray(probs + 0.01, jnp.float16))
+    # Under jit the gates are tracers: their values are unknown, so nothing is checked (as for finiteness).
+    unnormalized = np.exp(LOGITS)
+    importance = unnormalized.sum(axis=0)
+    traced = jax.jit(O.importance_loss)(jnp.asarray(unnormalized, jnp.float32))
+    assert float(traced) == pytest.approx(importance.var() / importance.mean() ** 2, rel=1e-5)

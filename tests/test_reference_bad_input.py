@@ -41,7 +41,13 @@ CASES = [
     (lambda: R.route("softmax_expert_choice", X, W, noise=np.ones((4, 3))), ValueError, r"noise must have shape"),
     (lambda: R.route("softmax_expert_choice", [[np.nan] * 3] * 4, W), ValueError, r"x must be finite"),
     (lambda: R.route("soft_moe", X, np.ones((3, 2, 1)), noise=np.ones((4, 2))), ValueError, r"noise must be None"),
-    (lambda: R.route("soft_moe", X, np.ones((3, 2, 1)), factor=2), ValueError, r"factor must be left at 1"),
+    (
+        lambda: R.route("soft_moe", X, np.ones((3, 2, 1)), factor=2),
+        ValueError,
+        r"factor c = 2.0 asks for round\(c \* T / E\) = round\(2.0 \* 4 / 2\) = 4 slots per expert, "
+        r"but weight \(phi\) has S = weight.shape\[2\] = 1",
+    ),
+    (lambda: R.route("soft_moe", X, np.ones((3, 2, 1)), factor=0.0), ValueError, r"factor must be .*> 0, got 0.0"),
     (
         lambda: R.mlp_experts(np.ones((2, 3, 4)), np.ones((2, 5)), np.ones((2, 4, 3)), np.ones((2, 3))),
         ValueError,
@@ -50,7 +56,8 @@ CASES = [
     (lambda: R.moe_layer(X, np.ones((5, 2, 1)), np.ones((5, 2, 1)), print), ValueError, r"T = 4"),
     (lambda: R.moe_layer(X, np.ones((4, 2, 1)), np.ones((4, 2, 2)), print), ValueError, r"combine must have shape"),
     (lambda: R.moe_layer(X, np.ones((4, 2, 1)), np.ones((4, 2, 1)), None), TypeError, r"experts must be callable"),
-    (lambda: R.importance_loss(np.zeros((2, 2))), ValueError, r"mean is 0"),
+    (lambda: R.importance_loss(np.zeros((2, 2))), ValueError, r"row 0 sums to 0.0: it looks like logits"),
+    (lambda: R.importance_loss([[2.0, -1.0]]), ValueError, r"entry \(0, 1\) is -1.0 < 0: it looks like logits"),
     (lambda: R.load_loss(GOOD, np.zeros((4, 3)), 1.0, 1), ValueError, r"noisy_logits must have shape"),
     (lambda: R.load_loss(GOOD, GOOD, 0.0, 1), ValueError, r"noise_std must be a finite number > 0"),
     (lambda: R.load_loss(GOOD, GOOD, 1.0, 3), ValueError, r"k must be between 1 and 2"),

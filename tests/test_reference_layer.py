@@ -120,6 +120,45 @@ def test_route_matches_the_boxed_summaries():
         np.testing.assert_array_equal(got, expected)
 
 
+def test_importance_loss_takes_probabilities_not_logits():
+    logits = np.random.default_rng(9).normal(size=(6, 4))
+    probs = R.softmax_affinity(logits)
+    with pytest.raises(ValueError, match=r"entry \(0, \d\) is -?[0-9.]+ < 0: it looks like logits"):
+        R.importance_loss(logits - 5)  # some entries negative
+    with pytest.raises(ValueError, match=r"row 0 sums to .*: it looks like logits"):
+        R.importance_loss(np.exp(logits))  # positive, unnormalized
+    assert R.importance_loss([[1, 0], [0, 1], [1, 0]]) == pytest.approx(1 / 9)  # one-hot integers: 2, 1
+    # The tolerance follows the caller's dtype: rows 1e-6 off pass as float32 (1e-5), not as float64 (1e-9).
+    off = probs.copy()
+    off[:, 0] += 1e-6
+    assert R.importance_loss(off.astype(np.float32)) == pytest.approx(R.importance_loss(probs), rel=1e-4)
+    with pytest.raises(ValueError, match=r"within 1e-09 for float64\); row 0 sums to 1.000001"):
+        R.importance_loss(off)
+    # float16 rounds each entry by up to 2^-11 of itself, so its rows miss 1 by ~1e-3: within 1e-2.
+    assert R.importance_loss(probs.astype(np.float16)) == pytest.approx(R.importance_loss(probs), rel=1e-2)
+    with pytest.raises(ValueError, match=r"within 0.01 for float16\); row 0 sums to 1.0[34]"):
+        R.importance_loss((probs + 0.01).astype(np.float16))  # rows sum to 1.04
+
+
+def test_soft_moe_factor_must_agree_with_the_slots_of_phi():
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(10, 3))
+    expected = R.soft_moe_routing(x, phi := rng.normal(size=(3, 4, 2)))
+    # T = 10, E = 4, S = 2. Accepted: c = 1 gives round(2.5) = 2 (halves to even, as capacity does), c = 0.9
+    # round(2.25) = 2, c = 0.7 round(1.75) = 2. Refused: c = 1.1 gives round(2.75) = 3, c = 2 gives 5, c = 0.5
+    # round(1.25) = 1, c = 0.1 round(0.25) = 0.
+    for factor in (None, 1, 0.9, 0.7):
+        for got, want in zip(R.route("soft_moe", x, phi, factor=factor), expected, strict=True):
+            np.testing.assert_array_equal(got, want)
+    assert R.capacity(10, 4, 1) == 2
+    for factor, slots in ((1.1, 3), (2, 5), (0.5, 1), (0.1, 0)):  # round(c * 10 / 4) for each c
+        with pytest.raises(ValueError, match=rf"= {slots} slots per expert, but weight \(phi\) has S = .* = 2"):
+            R.route("soft_moe", x, phi, factor=factor)
+    # Any S is accepted when no factor is given, e.g. S = 7 for T = 10, E = 4.
+    dispatch, _ = R.route("soft_moe", x, rng.normal(size=(3, 4, 7)))
+    assert dispatch.shape == (10, 4, 7)
+
+
 def test_sinkhorn_token_choice_combines_with_softmax_not_the_plan():
     rng = np.random.default_rng(6)
     x, w = rng.normal(size=(8, 2)), rng.normal(size=(2, 4))

@@ -31,11 +31,12 @@ def build(name: str, doc: str, *, sinkhorn_combine: str = "softmax", **overrides
 
 
 def _route_from(ns, sinkhorn_combine):
-    def route(router, x, weight, *, factor=1, noise=None):
+    def route(router, x, weight, *, factor=None, noise=None):
         reference.route(router, x, weight, factor=factor, noise=noise)  # the spec's validation
         x, weight = np.asarray(x, np.float64), np.asarray(weight, np.float64)
         if router == "soft_moe":
             return ns.soft_moe_routing(x, weight)
+        factor = 1 if factor is None else factor
         logits = x @ weight + (0 if noise is None else np.asarray(noise, np.float64))
         slots = ns.capacity(x.shape[0], weight.shape[1], factor)
         softmax = ns.softmax_affinity(logits)

@@ -55,7 +55,7 @@ little-endian): inputs and real outputs are float64, capacity is a 0-d int64, lo
 computed quantity (softmax of computed logits, a Sinkhorn or sparse-OT plan, a stopping test): consecutive
 deciding scores are more than 1e-3 apart or exactly equal, so a float32 port must reproduce them exactly.
 Ties in scores passed directly to the allocation functions are deliberate and exact; they follow the
-lower-index rule of ``reference/README.md`` (choice 2).
+lower-index rule of ``reference/README.md`` (choices ``tie-token-choice`` and ``tie-expert-choice``).
 """
 
 from ._store import check as check

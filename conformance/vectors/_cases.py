@@ -30,7 +30,7 @@ GAP = 1e-3
 SOLVER_GAP = 1e-4
 # A Sinkhorn stopping test must not be within this fraction of tol.
 TOL_MARGIN = 0.02
-# Adam's constants in reference.sparse_ot_affinity (README choice 6, as optax.adam).
+# Adam's constants in reference.sparse_ot_affinity (README choice sparse-ot-adam, as optax.adam).
 ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8
 MAX_SEED_TRIES = 1000
 
@@ -299,7 +299,7 @@ def soft_moe_cases() -> list[Builder]:
 
 
 def choosing_matrix(router: str, logits: np.ndarray, slots: int) -> np.ndarray:
-    """The matrix whose entries decide the allocation of ``router`` (README choice 3)."""
+    """The matrix whose entries decide the allocation of ``router`` (README choice combine-weights)."""
     if router.startswith("softmax"):
         return reference.softmax_affinity(logits)
     if router.startswith("sinkhorn"):
