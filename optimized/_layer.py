@@ -267,10 +267,9 @@ class MoELayer(eqx.Module):
 
     Choice: Softmax Token Choice adds noise N(0, noise_std^2) to its logits in training (default standard
     deviation noise_std = 1/E, as V-MoE) and none at inference; the importance loss is taken on the softmax
-    of the noisy logits, and the load loss compares clean and noisy logits (Appendix A). Appendix A and
-    V-MoE's router take the importance loss on the softmax of the clean logits instead (see "Noise and the
-    auxiliary losses" in reference/README.md). Sinkhorn Token Choice gets the importance loss only (it has
-    no noise). The defaults weigh each loss 0.005 (V-MoE's 0.01 total).
+    of the clean logits and the load loss compares clean and noisy logits (Appendix A, and V-MoE's router).
+    Sinkhorn Token Choice gets the importance loss only (it has no noise). The defaults weigh each loss 0.005
+    (V-MoE's 0.01 total).
     Choice: ``sinkhorn_style="paper"`` (the default) gives the Sinkhorn routers no noise, as the paper's text
     (Sinkhorn balances by itself); ``"vmoe"`` follows the authors' released router code
     (``vmoe/projects/sparsity_constrained_ot/kl_projection_routing.py``): noise N(0, noise_std^2) on the logits
@@ -494,7 +493,9 @@ class MoELayer(eqx.Module):
         zero = jnp.zeros((), jnp.float32)
         importance, load = zero, zero
         if self.router in TOKEN_CHOICE_ROUTERS:
-            importance = _cv_squared(jax.nn.softmax(logits, axis=-1).sum(axis=0))
+            # Choice: the importance loss is taken on the softmax of the clean logits, Imp(X) = sum_t softmax(XW)
+            # (Appendix A; also V-MoE's router, vmoe/nn/routing.py); the noise enters only the load loss.
+            importance = _cv_squared(jax.nn.softmax(clean_logits, axis=-1).sum(axis=0))
             if noisy:
                 load = _cv_squared(_load(clean_logits, logits, self.noise_std, self.k))
         aux = routing_metrics(routing, x.shape[0])

@@ -116,6 +116,18 @@ def test_softmax_token_choice_noise_only_in_training_and_aux_losses():
         layer(x)
 
 
+def test_importance_loss_is_taken_on_the_clean_logits_in_training():
+    # Appendix A: Imp(X) = sum_t softmax(XW)_t, without the noise (the noise enters the load loss only). A large
+    # noise (std 1) makes the noisy softmax's importance clearly different, so taking it there would fail.
+    layer = make_layer("softmax_token_choice", noise_std=1.0)
+    x = jax.random.normal(jax.random.key(5), (32, 8))
+    _, aux = layer(x, key=jax.random.key(1))
+    clean = np.asarray(x, np.float64) @ np.asarray(layer.router_weight, np.float64)
+    expected = R.importance_loss(R.softmax_affinity(clean))
+    assert float(aux["importance_loss"]) == pytest.approx(expected, rel=1e-4)
+    assert float(aux["importance_loss"]) == pytest.approx(float(layer(x, inference=True)[1]["importance_loss"]))
+
+
 @pytest.mark.parametrize("router", ["sinkhorn_token_choice", "sinkhorn_expert_choice"])
 def test_sinkhorn_style_paper_has_no_noise_vmoe_has_noise_and_losses(router):
     x = jax.random.normal(jax.random.key(5), (32, 8))
