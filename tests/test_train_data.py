@@ -505,3 +505,27 @@ def test_dataset_checks_its_arrays():
         D.Dataset(**{**fields, "train_images": images.astype(np.float64)})
     with pytest.raises(ValueError, match="values must lie in"):
         D.Dataset(**{**fields, "fewshot_test_labels": labels + 1})
+
+
+def test_from_arrays_normalizes_a_copy_and_checks_its_input():
+    train_images = np.arange(4 * 2 * 2, dtype=np.float64).reshape(4, 2, 2, 1)
+    d = D.from_arrays(train_images, [0, 1, 2, 1], np.zeros((2, 2, 2, 1)), [0, 2], class_names=["x", "y", "z"])
+    assert d.num_classes == 3 and d.class_names == ("x", "y", "z") and d.train_images.dtype == np.float32
+    assert abs(float(d.train_images.mean())) < 1e-6 and train_images[0, 0, 0, 0] == 0  # the caller's array untouched
+    assert d.fewshot_train_images is d.train_images  # the probe uses the same classes and splits
+    bad = [
+        (dict(train_images=np.zeros((4, 2, 2))), r"train_images: expected real \(B, H, W, ch\)"),
+        (dict(train_labels=[0, 1, 2]), r"train_labels: expected integers of shape \(4,\)"),
+        (dict(train_labels=[0.0, 1.0, 2.0, 1.0]), r"train_labels: expected integers"),
+        (dict(test_images=np.full((2, 2, 2, 1), np.nan)), r"test_images: 8 values are NaN or infinite"),
+        (dict(test_images=np.zeros((2, 3, 3, 1))), r"train_images are \(2, 2, 1\) but test_images \(3, 3, 1\)"),
+        (dict(train_labels=[0, -1, 2, 1]), r"train_labels: values must lie in \[0, 3\)"),
+        (dict(class_names=["x"]), r"1 class_names for labels up to 2"),
+    ]
+    base = dict(train_images=train_images, train_labels=[0, 1, 2, 1], test_images=np.zeros((2, 2, 2, 1)),
+                test_labels=[0, 2])  # fmt: skip
+    for change, message in bad:
+        args = base | change
+        names = args.pop("class_names", None)
+        with pytest.raises(ValueError, match=message):
+            D.from_arrays(**args, class_names=names)

@@ -409,6 +409,46 @@ def _same_classes(name, train_images, train_labels, test_images, test_labels, cl
     )  # fmt: skip
 
 
+def from_arrays(
+    train_images, train_labels, test_images, test_labels, *, class_names=None, name: str = "arrays"
+) -> Dataset:
+    """A ``Dataset`` from your own arrays: images (B, H, W, ch) of any real dtype, labels (B,) integers in
+    ``[0, num_classes)``. The images are copied to float32 and normalized with the train split's per-channel
+    mean and std; the few-shot probe uses the same classes and splits. ``class_names`` defaults to the label
+    values as strings. Every input is checked before anything is copied.
+
+    >>> import numpy as np
+    >>> d = from_arrays(np.ones((4, 8, 8, 1)), [0, 1, 0, 1], np.zeros((2, 8, 8, 1)), [1, 0])
+    >>> d.num_classes, d.train_images.dtype, d.class_names
+    (2, dtype('float32'), ('0', '1'))
+    """
+    arrays = {}
+    for split, images, labels in (("train", train_images, train_labels), ("test", test_images, test_labels)):
+        images, labels = np.asarray(images), np.asarray(labels)
+        if images.ndim != 4 or not (np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype,
+                                                                                             np.floating)):
+            raise ValueError(f"{split}_images: expected real (B, H, W, ch), got {images.dtype} {images.shape}")
+        if len(images) == 0:
+            raise ValueError(f"{split}_images: no images")
+        if not np.all(np.isfinite(images)):
+            raise ValueError(f"{split}_images: {int(np.sum(~np.isfinite(images)))} values are NaN or infinite")
+        if labels.shape != images.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"{split}_labels: expected integers of shape ({len(images)},), got {labels.dtype} "
+                             f"{labels.shape}")  # fmt: skip
+        arrays[split] = (images, labels)
+    if arrays["train"][0].shape[1:] != arrays["test"][0].shape[1:]:
+        raise ValueError(f"train_images are {arrays['train'][0].shape[1:]} but test_images "
+                         f"{arrays['test'][0].shape[1:]}")  # fmt: skip
+    num_classes = int(max(arrays["train"][1].max(), arrays["test"][1].max())) + 1
+    class_names = tuple(str(c) for c in range(num_classes)) if class_names is None else tuple(class_names)
+    if len(class_names) < num_classes:
+        raise ValueError(f"{len(class_names)} class_names for labels up to {num_classes - 1}")
+    return _same_classes(
+        name, arrays["train"][0].astype(np.float32), arrays["train"][1], arrays["test"][0].astype(np.float32),
+        arrays["test"][1], class_names, {},
+    )  # fmt: skip
+
+
 # --------------------------------------------------------------------------------------------------- digits
 
 
