@@ -17,4 +17,5 @@ MUTANTS = (
     "load_loss_wrong_threshold",
     "sparse_ot_without_bias_correction",
     "combine_without_weights",
+    "sinkhorn_one_iteration_short",
 )
