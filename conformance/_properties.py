@@ -111,6 +111,14 @@ TC_HAND = {
     "capacity": 2,
     "k": 2,
 }
+# Algorithm 1, C = 1, k = 2, three experts: first choices t0->e0, t1->e0 refused (full); second choices t0->e1,
+# t1->e2, which is empty: accepted (a refusal at one expert does not drop the token from the others).
+TC_ROOM_HAND = {
+    "scores": np.array([[0.6, 0.3, 0.1], [0.7, 0.1, 0.2]]),
+    "weights": np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]),
+    "capacity": 1,
+    "k": 2,
+}
 # Algorithm 2 with ties, C = 2: e0 scores [0.5, 0.9, 0.5, 0.1] -> t1, then the tie 0.5 goes to t0 (lower index);
 # e1 scores all 0.25 -> t0, t1.
 EC_HAND = {
@@ -192,7 +200,7 @@ def expert_choice_takes_best_tokens(ctx, case, router):
         assert_equal(f"{who}: tokens in slots 0..C-1 of each expert (C best by score, in order)", chosen, best)
 
 
-@prop("allocation", lambda r: scores_case(), examples=[TC_HAND])
+@prop("allocation", lambda r: scores_case(), examples=[TC_HAND, TC_ROOM_HAND])
 def token_choice_follows_algorithm_1(ctx, case, router):
     scores, slots, k = case["scores"], case["capacity"], case["k"]
     ranking = stable_ranking(scores, axis=1)  # ranking[t, i]: token t's i-th choice (lower index on ties)
