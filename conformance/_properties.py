@@ -11,7 +11,13 @@ matrix decides a choice (Sinkhorn and sparse-OT plans inside ``route``), two imp
 near-tie differently; there the comparison is tie-robust: Expert Choice is accepted when each slot's token
 has, by the reference's scores, the same score as the reference's token up to the dtype's tie margin;
 Token Choice cases whose reference scores hold a near-tie among a token's top k + 1 are discarded with
-``assume`` (the allocation is then exact). A float tie never decides a verdict.
+``assume`` (the allocation is then exact). A float tie never decides a verdict. Exact ties the spec decides
+stay decided: the exact zeros of a sparse-OT plan fill the remaining Expert Choice slots by the lower token
+index, checked wherever rounding cannot move those zeros.
+
+Precision. Every check judges the implementation by the dtype of its outputs as returned (before this module
+converts them to float64), or by the ``--dtype`` asked for (``Context.dtype``) if coarser: tolerances, tie
+margins and convergence floors all come from ``_checks``' tables for that dtype. The reference is float64.
 """
 
 from __future__ import annotations

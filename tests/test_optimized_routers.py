@@ -1,6 +1,9 @@
 """The JAX backend's functional API: spot checks against the reference, jit, grad, shapes, dtypes, bad input.
 
-The full property-based comparison is the conformance suite; these are fixed inputs with known answers.
+The full property-based comparison is the conformance suite; these are fixed inputs with known answers. Every
+value here is compared with the reference or a hand-worked answer, jitted code included (never with the same
+code run another way, which would share its bugs). The shape, dtype and error-message tests are smoke tests of
+this backend's surface: what they check has no reference value to compare with.
 """
 
 import jax
