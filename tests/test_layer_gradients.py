@@ -140,3 +140,28 @@ def test_inference_is_noise_free_and_key_independent(router):
     np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
     # The noise is real in training (so the checks above can fail): two keys, two outputs.
     assert not np.array_equal(layer(x, key=jax.random.key(0))[0], layer(x, key=jax.random.key(1))[0])
+
+
+@pytest.mark.parametrize("router", R.ROUTERS)
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_tokens_route_like_the_reference_and_stay_finite(router, dtype):
+    # Tokens in bfloat16 / float16 at the scale a ViT's residual stream reaches (|x| up to ~30) and router
+    # weights large enough for logits of several tens: the router must not overflow (Sinkhorn's exp in low
+    # precision is a known failure elsewhere) and must choose as the reference does on the same (rounded) tokens.
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(8 * rng.normal(size=(T, D)), dtype)
+    xs = np.asarray(x.astype(jnp.float32), np.float64)  # the tokens the layer sees, exactly
+    shape = (D, E, SLOTS) if router == "soft_moe" else (D, E)
+    weight = np.asarray(jnp.asarray(rng.normal(size=shape), jnp.float32), np.float64)
+    layer = O.MoELayer(router, width=D, hidden=H, num_experts=E, group_size=T, factor=FACTOR.get(router, 1),
+                       key=jax.random.key(4))  # fmt: skip
+    layer = eqx.tree_at(lambda m: m.router_weight, layer, jnp.asarray(weight, jnp.float32))
+    y, _ = layer(x, inference=True)
+    assert y.dtype == dtype and bool(jnp.isfinite(y.astype(jnp.float32)).all())
+    got = np.asarray(layer.token_expert_weights(x), np.float64)
+    dispatch, combine = R.route(router, xs, weight, factor=FACTOR.get(router, 1))
+    if router == "soft_moe":
+        np.testing.assert_allclose(got, combine.sum(axis=2), rtol=1e-4, atol=1e-6)
+    else:
+        np.testing.assert_array_equal(got > 0, dispatch.sum(axis=2) > 0)  # the same decisions
+        np.testing.assert_allclose(got, combine.sum(axis=2), rtol=1e-4, atol=1e-6)
