@@ -10,6 +10,7 @@ import time
 import types
 
 import hypothesis
+import numpy as np
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis.errors import Unsatisfiable
 from hypothesis.reporting import with_reporter
@@ -64,12 +65,14 @@ def _precision_context(impl: types.ModuleType, dtype: str):
     return contextlib.nullcontext()
 
 
-def run_property(prop: Property, router: str | None, impl, ref, profile: str, shrink: bool = True) -> Outcome:
+def run_property(
+    prop: Property, router: str | None, impl, ref, profile: str, shrink: bool = True, dtype: str = "float64"
+) -> Outcome:
     label = router or "-"
     if prop.needs and not hasattr(impl, prop.needs):
         return Outcome(prop.name, prop.group, label, "n/a", message=f"the implementation has no {prop.needs}")
     recorder = Recorder()
-    ctx = Context(recorder.wrap(impl, "impl"), recorder.wrap(ref, "ref"), impl, ref)
+    ctx = Context(recorder.wrap(impl, "impl"), recorder.wrap(ref, "ref"), impl, ref, np.dtype(dtype))
     count = 0
 
     def body(case):
@@ -141,7 +144,7 @@ def run(
             if progress:
                 progress(i, len(jobs), f"{prop.name} {router or ''}".strip())
             start = time.perf_counter()
-            outcomes.append(run_property(prop, router, impl, ref, profile, shrink))
+            outcomes.append(run_property(prop, router, impl, ref, profile, shrink, dtype))
             outcomes[-1].seconds = time.perf_counter() - start
             if fail_fast and outcomes[-1].status == "failed":
                 break

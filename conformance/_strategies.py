@@ -60,7 +60,8 @@ def logits_case(draw):
 
 @st.composite
 def route_case(draw, router: str):
-    """Tokens x (T, D), router weights W (D, E) or phi (D, E, S), a factor, and expert MLP parameters."""
+    """Tokens x (T, D), router weights W (D, E) or phi (D, E, S), a factor, noise (T, E) for the sparse routers
+    (or None), and expert MLP parameters."""
     tokens, experts = draw(st.sampled_from(SHAPES))
     width = draw(st.sampled_from(WIDTHS))
     x = draw(grid_matrix((tokens, width), step=1 / 8, bound=2.0))
@@ -69,14 +70,17 @@ def route_case(draw, router: str):
         weight = draw(grid_matrix((width, experts, slots), step=1 / 8, bound=1.0))
         # None takes S from phi; the explicit c = S E / T is the factor that sizes phi: round(c T / E) = S.
         factor = draw(st.sampled_from((None, slots * experts / tokens)))
+        noise = None  # Soft MoE takes none
     else:
         weight = draw(grid_matrix((width, experts), step=1 / 8, bound=1.0))
         if router.endswith("token_choice"):
             factor = draw(st.integers(1, min(2, experts)))
-        else:
-            factor = draw(st.sampled_from((1, 2)))
+        else:  # c = E gives C = T: every token in every expert, the slots after the plan's zeros decided by ties
+            factor = draw(st.sampled_from((1, 2, experts)))
+        # The noise of eq. (6), on the grid of 1/16: x @ W + noise stays exact (multiples of 1/64).
+        noise = draw(st.one_of(st.none(), grid_matrix((tokens, experts), step=1 / 16, bound=1.0)))
     experts_params = tuple(
         draw(grid_matrix(shape, step=1 / 8, bound=1.0))
         for shape in ((experts, width, HIDDEN), (experts, HIDDEN), (experts, HIDDEN, width), (experts, width))
     )
-    return {"router": router, "x": x, "weight": weight, "factor": factor, "experts": experts_params}
+    return {"router": router, "x": x, "weight": weight, "factor": factor, "noise": noise, "experts": experts_params}

@@ -1,11 +1,15 @@
 """The conformance suite: the JAX backend passes it, every deliberately broken implementation fails it."""
 
+import functools
 import subprocess
 import sys
+import types
 
+import numpy as np
 import pytest
 
 import conformance
+import reference
 from conformance.mutants import MUTANTS
 
 
@@ -16,6 +20,40 @@ def test_optimized_conforms_to_the_reference():
     assert len(outcomes) >= 40 and all(o.examples >= 10 for o in outcomes)
 
 
+def test_optimized_conforms_in_float32():
+    # JAX's default dtype: every tolerance and tie margin follows the float32 outputs (0 false alarms).
+    outcomes = conformance.run("optimized", "reference", profile="ci", dtype="float32")
+    failed = [o for o in outcomes if o.status != "passed"]
+    assert not failed, conformance.failure_report(outcomes) + "\n".join(f"{o.property}: {o.status}" for o in failed)
+    assert len(outcomes) >= 40 and all(o.examples >= 10 for o in outcomes)
+
+
+def float32_port(module):
+    """``module`` with every real output rounded to float32: a correct port that returns float32."""
+    port = types.ModuleType(f"{module.__name__}_float32")
+    for name in dir(module):
+        value = getattr(module, name)
+        if callable(value) and not isinstance(value, type) and not name.startswith("_"):
+            value = functools.partial(_rounded, value)
+        setattr(port, name, value)
+    return port
+
+
+def _rounded(fn, *args, **kwargs):
+    result = fn(*args, **kwargs)
+    if callable(result):  # mlp_experts returns the experts as a function
+        return functools.partial(_rounded, result)
+    as32 = lambda a: np.asarray(a, np.float32) if np.asarray(a).dtype.kind == "f" else a  # noqa: E731
+    return tuple(as32(r) for r in result) if isinstance(result, tuple) else as32(result)
+
+
+def test_a_float32_port_of_the_reference_conforms():
+    # The reference with its outputs rounded to float32: judged by its float32 outputs, it must pass everything.
+    outcomes = conformance.run(float32_port(reference), "reference", profile="dev")
+    failed = [o for o in outcomes if o.status == "failed"]
+    assert not failed, conformance.failure_report(outcomes)
+
+
 def test_reference_conforms_to_itself():
     outcomes = conformance.run("reference", "reference", profile="dev")
     assert [o for o in outcomes if o.status == "failed"] == []
@@ -23,10 +61,15 @@ def test_reference_conforms_to_itself():
     assert {o.property for o in outcomes if o.status == "n/a"} == {"moe_layer_module_matches_reference"}
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("mutant", MUTANTS)
-def test_the_suite_kills_every_mutant(mutant):
-    outcomes = conformance.run(f"conformance.mutants.{mutant}", "reference", profile="ci", fail_fast=True, shrink=False)
-    assert any(o.status == "failed" for o in outcomes), f"the ci profile does not catch {mutant}"
+def test_the_suite_kills_every_mutant(mutant, dtype):
+    # float32: the mutant is judged with float32 tolerances, as a float32 port with the same bug would be; its
+    # error must not hide inside them (sinkhorn_one_iteration_short is the smallest).
+    outcomes = conformance.run(
+        f"conformance.mutants.{mutant}", "reference", profile="ci", dtype=dtype, fail_fast=True, shrink=False
+    )
+    assert any(o.status == "failed" for o in outcomes), f"the ci profile does not catch {mutant} in {dtype}"
 
 
 def test_cli_prints_table_counterexample_snippet_and_fails():

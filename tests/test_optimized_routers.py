@@ -1,6 +1,9 @@
 """The JAX backend's functional API: spot checks against the reference, jit, grad, shapes, dtypes, bad input.
 
-The full property-based comparison is the conformance suite; these are fixed inputs with known answers.
+The full property-based comparison is the conformance suite; these are fixed inputs with known answers. Every
+value here is compared with the reference or a hand-worked answer, jitted code included (never with the same
+code run another way, which would share its bugs). The shape, dtype and error-message tests are smoke tests of
+this backend's surface: what they check has no reference value to compare with.
 """
 
 import jax
@@ -96,18 +99,23 @@ def test_allocations_losses_and_layer_match_reference():
 
 @pytest.mark.parametrize("router", R.ROUTERS)
 def test_route_jits_with_static_router_and_factor(router):
-    fn = jax.jit(lambda x, w: O.route(router, x, w, factor=0.5 if router == "soft_moe" else 1))
+    # Under jit, against the reference (not against the same code run eagerly, which would share its bugs).
+    factor = 0.5 if router == "soft_moe" else 1
+    fn = jax.jit(lambda x, w: O.route(router, x, w, factor=factor))
     dispatch, combine = fn(jnp.asarray(X, jnp.float32), jnp.asarray(weight_for(router), jnp.float32))
-    expected = O.route(router, X, weight_for(router))
-    np.testing.assert_allclose(dispatch, expected[0], atol=1e-6)
-    np.testing.assert_allclose(combine, expected[1], atol=1e-6)
+    expected = R.route(router, X, weight_for(router), factor=factor)
+    np.testing.assert_allclose(dispatch, expected[0], atol=2e-6)
+    np.testing.assert_allclose(combine, expected[1], atol=2e-6)
 
 
 def test_sinkhorn_and_sparse_ot_jit_with_static_iterations():
+    # Jitted with the iteration counts static, against the reference (tol=1e-3 stops early: iterations matter).
     sink = jax.jit(O.sinkhorn_affinity, static_argnames=("num_iters", "tol"))
-    np.testing.assert_allclose(sink(LOGITS, num_iters=7, tol=1e-3), O.sinkhorn_affinity(LOGITS, num_iters=7, tol=1e-3))
+    np.testing.assert_allclose(
+        sink(LOGITS, num_iters=7, tol=1e-3), R.sinkhorn_affinity(LOGITS, num_iters=7, tol=1e-3), atol=2e-6
+    )
     sparse = jax.jit(O.sparse_ot_affinity, static_argnames=("capacity", "num_iters", "learning_rate"))
-    np.testing.assert_allclose(sparse(LOGITS, 5, num_iters=3), O.sparse_ot_affinity(LOGITS, 5, num_iters=3))
+    np.testing.assert_allclose(sparse(LOGITS, 5, num_iters=3), R.sparse_ot_affinity(LOGITS, 5, num_iters=3), atol=2e-5)
 
 
 def test_bad_input_mirrors_the_reference():

@@ -17,4 +17,10 @@ MUTANTS = (
     "load_loss_wrong_threshold",
     "sparse_ot_without_bias_correction",
     "combine_without_weights",
+    "sinkhorn_one_iteration_short",
+    "route_ignores_noise",
+    "zero_plan_slots_to_higher_index",
+    "sinkhorn_default_15_iterations",
+    "sinkhorn_columns_once",
+    "token_choice_drops_whole_token",
 )

@@ -212,6 +212,9 @@ def softmax_cases() -> list[Builder]:
     ]
 
 
+SLOW_SINKHORN = np.array([[3.0, -3.0]] * 3 + [[-3.0, 3.0]] * 5)
+
+
 def sinkhorn_cases() -> list[Builder]:
     def build(shape, kwargs):
         def case(rng):
@@ -230,6 +233,12 @@ def sinkhorn_cases() -> list[Builder]:
         Builder("sinkhorn_affinity-T12-E4-iters1", build((12, 4), {"num_iters": 1})),
         Builder("sinkhorn_affinity-T12-E4-iters20", build((12, 4), {"num_iters": 20}), "20 is the default"),
         Builder("sinkhorn_affinity-T12-E4-tol", build((12, 4), {"num_iters": 100, "tol": 1e-3})),
+        Builder(
+            "sinkhorn_affinity-T8-E2-slow-default",
+            lambda rng: Case("sinkhorn_affinity", [Ref("logits")], {}, {"logits": SLOW_SINKHORN}, (("plan", "close"),)),
+            "called without num_iters, as users call it (the default, 20); 3 tokens prefer e0 and 5 prefer e1 by 6: "
+            "slow to converge, the 20th iteration still moves the plan by 13 times float32's tolerance",
+        ),
     ]
 
 
