@@ -30,6 +30,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     tty = sys.stderr.isatty()
+    tqdm.monitor_interval = 0  # no monitor thread: it only tunes how often the bar redraws
     bar = tqdm(total=None, unit="check", file=sys.stderr, disable=args.no_progress, mininterval=0.1 if tty else 30.0,
                ascii=not tty)  # fmt: skip
 
