@@ -427,6 +427,87 @@ def _mlp(params, r, inputs):
     return gelu_tanh(inputs @ w1[r] + b1[r]) @ w2[r] + b2[r]
 
 
+# The layer properties that need a trainable layer come first in their group: they are the ones that catch a
+# broken layer, and the suite stops at its first failure when asked to (fail_fast).
+
+
+def _module_layer(ctx, case, router):
+    """The implementation's ``MoELayer`` holding the case's weights, and those weights' dtype."""
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+
+    x, w, factor, params = case["x"], case["weight"], case["factor"], case["experts"]
+    t, e = x.shape[0], w.shape[1]
+    layer = ctx.impl_raw.MoELayer(
+        router, width=x.shape[1], hidden=HIDDEN, num_experts=e, group_size=t,
+        factor=factor if router != "soft_moe" else w.shape[2] * e / t, key=jax.random.key(0),
+    )  # fmt: skip
+    dtype = layer.router_weight.dtype
+    leaves = lambda m: (m.router_weight, m.experts.w1, m.experts.b1, m.experts.w2, m.experts.b2)  # noqa: E731
+    return eqx.tree_at(leaves, layer, tuple(jnp.asarray(a, dtype) for a in (w, *params))), dtype
+
+
+def _as_jax(value, dtype):
+    import jax.numpy as jnp
+
+    return jnp.asarray(value, dtype)
+
+
+@prop("layer", route_case, routers=TOKEN_CHOICE, needs="MoELayer")
+def layer_losses_on_clean_logits(ctx, case, router):
+    """In training, the layer's importance loss is Appendix A's on the softmax of the clean logits ``x @ W``
+    (the noise enters only the load loss), whatever noise the layer draws."""
+    import jax
+
+    layer, dtype = _module_layer(ctx, case, router)
+    x = _as_jax(case["x"], dtype)
+    expected = ctx.ref.importance_loss(softmax(case["x"] @ case["weight"]))
+    for seed in (1, 2):
+        _, aux = _call_layer(layer, x, jax.random.key(seed), inference=False)
+        check("importance_loss" in aux, f"MoELayer's aux has no 'importance_loss' (keys: {sorted(aux)})")
+        assert_close(f"MoELayer aux['importance_loss'] (key {seed}) vs reference.importance_loss(softmax(x @ W))",
+                     aux["importance_loss"], expected, dtype=ctx.dtype)  # fmt: skip
+
+
+@prop("layer", route_case, routers=ROUTERS, needs="MoELayer")
+def inference_is_noise_free_and_key_independent(ctx, case, router):
+    """``MoELayer(x, inference=True)`` draws no noise: with any key, or none, the same output (eq. (6)'s noise is a
+    training-time device), equal to the reference composition without noise."""
+    import jax
+
+    layer, dtype = _module_layer(ctx, case, router)
+    x = _as_jax(case["x"], dtype)
+    outputs = [host(_call_layer(layer, x)[0])]
+    outputs += [host(_call_layer(layer, x, jax.random.key(seed))[0]) for seed in (1, 2)]
+    for seed, y in zip(("1", "2"), outputs[1:], strict=True):
+        assert_equal(f"MoELayer(x, key=key({seed}), inference=True) vs MoELayer(x, inference=True)", y, outputs[0])
+
+
+@prop("layer", route_case, routers=SPARSE)
+def dropped_tokens_get_exactly_zero(ctx, case, router):
+    """A token no expert took gets exactly 0 from the MoE branch (the residual carries it), not a small number
+    and not its own input: from ``moe_layer`` on the reference's tensors, and from ``MoELayer`` if there is one."""
+    x, w, factor, params = case["x"], case["weight"], case["factor"], case["experts"]
+    dispatch, combine = ctx.ref.route(router, x, w, factor=factor)
+    dropped = dispatch.sum(axis=(1, 2)) == 0
+    assume(dropped.any())
+    for who, m in ctx.both():
+        y = host(m.moe_layer(x, dispatch, combine, m.mlp_experts(*params)))
+        check(not y[dropped].any(), f"{who}: moe_layer gives dropped token(s) {np.flatnonzero(dropped).tolist()} "
+              f"a nonzero output (largest magnitude {np.abs(y[dropped]).max()!r}); eq. (2) gives them exactly 0")
+    if not hasattr(ctx.impl_raw, "MoELayer"):
+        return
+    t, e = x.shape[0], w.shape[1]
+    # The layer's own routing must drop the same tokens: no near-ties a float could decide.
+    _assume_margins(router, _choosing_scores(ctx, router, x @ w, ctx.ref_raw.capacity(t, e, factor)), factor, 1e-4)
+    assume(_rounding_sensitivity(ctx, router, x @ w, ctx.ref_raw.capacity(t, e, factor), ctx.dtype) <= 1e-4)
+    layer, dtype = _module_layer(ctx, case, router)
+    y = host(_call_layer(layer, _as_jax(x, dtype))[0])
+    check(not y[dropped].any(), f"MoELayer gives dropped token(s) {np.flatnonzero(dropped).tolist()} a nonzero "
+          f"output (largest magnitude {np.abs(y[dropped]).max()!r}); eq. (2) gives them exactly 0")
+
+
 @prop("layer", lambda r: route_case("softmax_token_choice"))
 def eq2_with_c_equal_t_recovers_eq1(ctx, case, router):
     x, w, k, params = case["x"], case["weight"], case["factor"], case["experts"]
@@ -457,12 +538,13 @@ def moe_layer_on_reference_routing(ctx, case, router):
 _JITTED = {}
 
 
-def _call_layer(layer, x):
+def _call_layer(layer, x, key=None, inference=True):
+    """``layer(x, key=key, inference=inference)``, jitted: each (structure, shape) compiles once."""
     import equinox as eqx
 
-    if "layer" not in _JITTED:  # one jitted function: each (structure, shape) compiles once
-        _JITTED["layer"] = eqx.filter_jit(lambda m, v: m(v, inference=True))
-    return _JITTED["layer"](layer, x)
+    if "layer" not in _JITTED:
+        _JITTED["layer"] = eqx.filter_jit(lambda m, v, k, i: m(v, key=k, inference=i))
+    return _JITTED["layer"](layer, x, key, inference)
 
 
 @prop("layer", route_case, routers=ROUTERS, needs="MoELayer")
@@ -604,22 +686,66 @@ def route_equivalence(ctx, case, router):
     x, w, factor, noise = case["x"], case["weight"], case["factor"], case["noise"]
     d, c = ctx.impl.route(router, x, w, factor=factor, noise=noise)
     rd, rc = ctx.ref.route(router, x, w, factor=factor, noise=noise)
+    logits = None if router == "soft_moe" else _logits(case)
+    _assert_same_routing(ctx, router, logits, factor, (d, c), (rd, rc), "route")
+
+
+@prop("equivalence", route_case, routers=ROUTERS)
+def low_precision_inputs_route_like_the_reference(ctx, case, router):
+    """Tokens and router weights in float16, at the scale a ViT's residual stream reaches (``|x @ W|`` up to 48):
+    ``route`` stays finite and chooses as the reference does on the same values, judged by float16's tolerances.
+
+    The values are exact in float16 (tokens are integers up to 16, weights multiples of 1/8), so both see the
+    same logits. A Sinkhorn that exponentiates in float16 overflows above 11 (a failure reported elsewhere);
+    the log domain, or router math in a wider dtype, does not. Sparsity-constrained Expert Choice is compared
+    with the implementation's own ``route`` on the same values in float32 (see the comment below). Token Choice
+    is drawn with k = 1 here: with such logits a token's second and third probabilities are near-ties in
+    float16 more often than not.
+    """
+    x, w = 8 * case["x"], case["weight"]
+    factor = 1 if router in TOKEN_CHOICE else case["factor"]
+    try:
+        got = ctx.impl.route(router, x.astype(np.float16), w.astype(np.float16), factor=factor)
+    except (TypeError, ValueError) as err:
+        raise AssertionError(f"route refuses float16 tokens and weights: {type(err).__name__}: {err}") from err
+    for name, value in zip(("dispatch", "combine"), got, strict=True):
+        bad = ~np.isfinite(_np(value))
+        check(not bad.any(), f"route on float16 inputs: {int(bad.sum())} non-finite {name} entries "
+              f"(first at {tuple(int(i) for i in np.argwhere(bad)[0]) if bad.any() else None})")
+    if router == "sparsity_constrained_expert_choice":
+        # The yardstick is the implementation itself on the same values in float32. The sparse-OT solver's 20
+        # Adam steps amplify rounding (see _rounding_sensitivity): at logits of -12, float32 arithmetic alone
+        # can move a plan entry by 1 from the float64 reference, so the reference cannot judge a float32 solve
+        # here. What low-precision inputs must not change is the implementation's own decision.
+        want = tuple(_np(a) for a in ctx.impl.route(router, x.astype(np.float32), w.astype(np.float32),
+                                                    factor=factor))  # fmt: skip
+    else:
+        want = ctx.ref.route(router, x, w, factor=factor)
+    logits = None if router == "soft_moe" else x @ w
+    _assert_same_routing(ctx, router, logits, factor, got, want, "route on float16 inputs")
+
+
+def _assert_same_routing(ctx, router, logits, factor, got, want, what):
+    """``got = impl.route(...)`` chooses and weighs as ``want = reference.route(...)``, judged by the dtype of
+    ``got``: Soft MoE within tolerance; Token Choice exactly, cases with near-ties discarded; Expert Choice
+    tie-robust slot by slot, with the exact zeros of a sparse-OT plan decided by the lower token index."""
+    d, c = got
+    rd, rc = want
     dt = ctx.precision("impl", d, c)
     d, c = _np(d), _np(c)
-    check(d.shape == rd.shape, f"route dispatch shape {d.shape}, expected {rd.shape}")
+    check(d.shape == rd.shape, f"{what} dispatch shape {d.shape}, expected {rd.shape}")
     if router == "soft_moe":
-        assert_close("route dispatch", d, rd, dtype=dt)
-        assert_close("route combine", c, rc, dtype=dt)
+        assert_close(f"{what} dispatch", d, rd, dtype=dt)
+        assert_close(f"{what} combine", c, rc, dtype=dt)
         return
-    logits = _logits(case)
     scores = _choosing_scores(ctx, router, logits, rd.shape[2])
     if router in TOKEN_CHOICE:
         _assume_margins(router, scores, factor, TIE_MARGIN[dt])
-        assert_equal("route dispatch (Token Choice, no near-ties)", d, rd)
-        assert_close("route combine", c, rc, dtype=dt)
+        assert_equal(f"{what} dispatch (Token Choice, no near-ties)", d, rd)
+        assert_close(f"{what} combine", c, rc, dtype=dt)
         return
     # Expert Choice, tie-robust: slot by slot, the token chosen must score what the reference's token scores.
-    check(set(np.unique(d)) <= {0.0, 1.0} and (d.sum(axis=0) == 1).all(), "route dispatch is not a full 0/1 filling")
+    check(set(np.unique(d)) <= {0.0, 1.0} and (d.sum(axis=0) == 1).all(), f"{what} dispatch is not a full 0/1 filling")
     got, want = d.argmax(axis=0), rd.argmax(axis=0)  # (E, C) tokens
     experts = np.arange(d.shape[1])[:, None]
     got_scores, want_scores = scores[got, experts], scores[want, experts]
@@ -629,7 +755,7 @@ def route_equivalence(ctx, case, router):
     if bad.any():
         r, s = (int(i) for i in np.argwhere(bad)[0])
         raise AssertionError(
-            f"route: expert {r} slot {s} holds token {got[r, s]} (reference score {got_scores[r, s]!r}); the "
+            f"{what}: expert {r} slot {s} holds token {got[r, s]} (reference score {got_scores[r, s]!r}); the "
             f"reference chose token {want[r, s]} (score {want_scores[r, s]!r}), not a tie"
         )
     # Exact ties are the spec's to decide: the exact zeros of the sparse-OT plan fill an expert's remaining
@@ -639,11 +765,11 @@ def route_equivalence(ctx, case, router):
         if bad.any():
             r, s = (int(i) for i in np.argwhere(bad)[0])
             raise AssertionError(
-                f"route: expert {r} slot {s} holds token {got[r, s]}, the reference token {want[r, s]}: both have "
-                f"an exact 0 in the sparse-OT plan, a tie the spec breaks by the lower token index"
+                f"{what}: expert {r} slot {s} holds token {got[r, s]}, the reference token {want[r, s]}: both "
+                f"have an exact 0 in the sparse-OT plan, a tie the spec breaks by the lower token index"
             )
     probs = softmax(logits)
-    assert_close("route combine = softmax(logits) at the chosen slots", c, d * probs[:, :, None], dtype=dt)
+    assert_close(f"{what} combine = softmax(logits) at the chosen slots", c, d * probs[:, :, None], dtype=dt)
 
 
 @prop("equivalence", lambda r: st.tuples(logits_case(), grid_matrix((1,)), st.integers(1, 3)))

@@ -12,7 +12,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._checks import float_array, integer, positive_real, row_stochastic, same_shape
 from ._route import COMBINE_FROM, SINKHORN_ROUTERS, TOKEN_CHOICE_ROUTERS, check_router, sparse_capacity, sparse_routing
-from ._routing import Routing, capacity, soft_moe_logits, soft_moe_tensors
+from ._routing import Routing, capacity, router_dtype, soft_moe_logits, soft_moe_tensors
 
 # ------------------------------------------------------------------------------------------------- experts
 
@@ -209,10 +209,6 @@ def soft_metrics(combine: Float[Array, "T E S"]) -> dict[str, jax.Array]:
 
 
 SINKHORN_STYLES = ("paper", "vmoe")
-
-
-def _router_dtype(x):
-    return jnp.promote_types(x.dtype, jnp.float32)
 
 
 def _l2_normalize(x, axis):
@@ -457,7 +453,7 @@ class MoELayer(eqx.Module):
 
     def _soft_dispatch(self, x):
         phi = self.router_weight
-        x32 = x.astype(_router_dtype(x))
+        x32 = x.astype(router_dtype(x.dtype))
         if self.soft_moe_normalize:  # Puigcerver et al. (2023): l2-normalize tokens and slots, learned scale
             x32 = _l2_normalize(x32, axis=-1)
             phi = self.scale * _l2_normalize(phi, axis=0)
@@ -469,7 +465,7 @@ class MoELayer(eqx.Module):
 
     def _sparse_dispatch(self, x, key, inference):
         # Choice: the router runs in float32 (or wider) even when the layer computes in bfloat16.
-        dtype = _router_dtype(x)
+        dtype = router_dtype(x.dtype)
         logits = x.astype(dtype) @ self.router_weight.astype(dtype)
         clean_logits = logits
         noisy_router = self.router == "softmax_token_choice" or (

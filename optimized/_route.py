@@ -17,6 +17,7 @@ from ._routing import (
     dense_routing,
     expert_choice_routing,
     rounded_capacity,
+    router_dtype,
     soft_moe_routing,
     token_choice_routing,
 )
@@ -128,7 +129,11 @@ def sparse_routing(
 def route(router: str, x, weight, *, factor=None, noise=None):
     """Dense routing tensors ``(dispatch, combine)`` of one group for any of the six routers (the spec's
     ``route``): W (D, E) for the sparse routers with C = capacity(T, E, factor), factor None meaning 1;
-    phi (D, E, S) for Soft MoE, where an explicit factor c must satisfy ``S == round(c * T / E)``."""
+    phi (D, E, S) for Soft MoE, where an explicit factor c must satisfy ``S == round(c * T / E)``.
+
+    The routing math runs in ``router_dtype`` (at least float32), as in ``MoELayer``, and the tensors are
+    returned in that dtype: float16 or bfloat16 tokens give float32 tensors.
+    """
     router = check_router(router)
     x = float_array("x", x, "(T, D)")
     num_tokens, width = x.shape
@@ -140,7 +145,8 @@ def route(router: str, x, weight, *, factor=None, noise=None):
             raise ValueError("noise must be None for soft_moe: Soft MoE routing has no noisy logits")
         if factor is not None:
             check_soft_moe_factor(factor, num_tokens, phi.shape[1], phi.shape[2])
-        return soft_moe_routing(x, phi)
+        dtype = router_dtype(jnp.result_type(x, phi))
+        return soft_moe_routing(x.astype(dtype), phi.astype(dtype))
     w = float_array("weight", weight, "(D, E)")
     if w.shape[0] != width:
         raise ValueError(f"weight (W) must have shape (D, E) with D = {width}, got {w.shape}")
@@ -148,7 +154,9 @@ def route(router: str, x, weight, *, factor=None, noise=None):
     if noise is not None:
         noise = float_array("noise", noise, "(T, E)")
         same_shape("noise", noise, (num_tokens, w.shape[1]), "(T, E)")
-    return _dense_route(router, x, w, noise, slots, k)
+    dtype = router_dtype(jnp.result_type(x, w) if noise is None else jnp.result_type(x, w, noise))
+    noise = None if noise is None else noise.astype(dtype)
+    return _dense_route(router, x.astype(dtype), w.astype(dtype), noise, slots, k)
 
 
 @functools.partial(jax.jit, static_argnames=("router", "slots", "k"))

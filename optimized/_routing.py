@@ -54,6 +54,16 @@ def rounded_capacity(num_tokens: int, num_experts: int, factor: float) -> int:
 # ----------------------------------------------------------------------------------------------- affinities
 
 
+def router_dtype(dtype) -> jnp.dtype:
+    """The dtype the router's math runs in for tokens of ``dtype``: ``dtype`` promoted to at least float32.
+
+    Choice: softmax, Sinkhorn and the sparse-OT solver never run in bfloat16 or float16, even when the layer
+    does: their exponentials overflow there (float16 above 11), and near-equal plan entries would decide
+    choices by rounding. V-MoE's routers likewise compute in float32.
+    """
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def softmax_affinity(logits) -> Float[Array, "T E"]:
     """Eq. (6): softmax over experts of (T, E) logits (noise, if any, already added)."""
     logits = float_array("logits", logits, "(T, E)")

@@ -57,8 +57,45 @@ def test_a_float32_port_of_the_reference_conforms():
 def test_reference_conforms_to_itself():
     outcomes = conformance.run("reference", "reference", profile="dev")
     assert [o for o in outcomes if o.status == "failed"] == []
-    # Only the layer-module property needs a trainable layer class, which the reference does not have.
-    assert {o.property for o in outcomes if o.status == "n/a"} == {"moe_layer_module_matches_reference"}
+    # Only the properties of a trainable layer class need one, and the reference does not have it.
+    assert {o.property for o in outcomes if o.status == "n/a"} == {
+        "moe_layer_module_matches_reference", "inference_is_noise_free_and_key_independent",
+        "layer_losses_on_clean_logits",
+    }  # fmt: skip
+
+
+# The property of the ci profile that rejects each mutant: the first to fail when the whole suite runs in its
+# order (measured with fail_fast on both dtypes). Running that property alone asserts more than "something
+# fails" (it names what catches the bug) and keeps the test command short; `python -m conformance --impl
+# conformance.mutants.NAME` runs everything.
+KILLED_BY = {
+    "ties_to_higher_index": "expert_choice_takes_best_tokens",
+    "capacity_off_by_one": "route_capacity",
+    "softmax_over_tokens": "route_capacity",
+    "sinkhorn_plan_combine": "route_capacity",
+    "token_order_reversed": "token_choice_follows_algorithm_1",
+    "token_major_order": "token_choice_follows_algorithm_1",
+    "soft_moe_combine_per_expert": "soft_moe_normalization",
+    "sinkhorn_rows_first": "sinkhorn_marginals",
+    "load_loss_wrong_threshold": "auxiliary_losses_equivalence",
+    "sparse_ot_without_bias_correction": "sparse_ot_affinity_equivalence",
+    "combine_without_weights": "token_choice_capacity",
+    "sinkhorn_one_iteration_short": "sinkhorn_affinity_equivalence",
+    "route_ignores_noise": "route_capacity",
+    "zero_plan_slots_to_higher_index": "route_equivalence",
+    "sinkhorn_default_15_iterations": "defaults_as_users_call_them",
+    "sinkhorn_columns_once": "sinkhorn_marginals",
+    "token_choice_drops_whole_token": "token_choice_follows_algorithm_1",
+    "dropped_tokens_pass_through": "dropped_tokens_get_exactly_zero",
+    "noise_at_inference": "inference_is_noise_free_and_key_independent",
+    "importance_on_noisy_logits": "layer_losses_on_clean_logits",
+    "sinkhorn_exp_overflow": "low_precision_inputs_route_like_the_reference",
+}
+
+
+def test_every_mutant_has_its_property():
+    assert set(KILLED_BY) == set(MUTANTS)
+    assert set(KILLED_BY.values()) <= {p.name for p in conformance.PROPERTIES}
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -67,9 +104,10 @@ def test_the_suite_kills_every_mutant(mutant, dtype):
     # float32: the mutant is judged with float32 tolerances, as a float32 port with the same bug would be; its
     # error must not hide inside them (sinkhorn_one_iteration_short is the smallest).
     outcomes = conformance.run(
-        f"conformance.mutants.{mutant}", "reference", profile="ci", dtype=dtype, fail_fast=True, shrink=False
-    )
-    assert any(o.status == "failed" for o in outcomes), f"the ci profile does not catch {mutant} in {dtype}"
+        f"conformance.mutants.{mutant}", "reference", profile="ci", dtype=dtype, properties=(KILLED_BY[mutant],),
+        fail_fast=True, shrink=False,
+    )  # fmt: skip
+    assert any(o.status == "failed" for o in outcomes), f"{KILLED_BY[mutant]} does not catch {mutant} in {dtype}"
 
 
 def test_cli_prints_table_counterexample_snippet_and_fails():

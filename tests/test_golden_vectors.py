@@ -146,8 +146,12 @@ def test_check_reports_a_broken_capacity():
 
 # Mutants only the Hypothesis suite catches, and why the vectors cannot: a fixed case with exact zero-plan ties
 # in Sparsity-Constrained Expert Choice would need a sparse-OT solve whose zeros sit exactly at the projection
-# threshold's far side in every dtype, which the vectors' guards (no near-ties) reject by design.
-HYPOTHESIS_ONLY = {"zero_plan_slots_to_higher_index"}
+# threshold's far side in every dtype, which the vectors' guards (no near-ties) reject by design. The vectors
+# replay the spec's functions on float64 inputs: a trainable layer's bugs (noise at inference, importance on
+# the noisy logits) are outside their API, and an overflow in float16 needs float16 inputs.
+HYPOTHESIS_ONLY = {
+    "zero_plan_slots_to_higher_index", "noise_at_inference", "importance_on_noisy_logits", "sinkhorn_exp_overflow",
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("mutant", [m for m in MUTANTS if m not in HYPOTHESIS_ONLY])

@@ -23,4 +23,8 @@ MUTANTS = (
     "sinkhorn_default_15_iterations",
     "sinkhorn_columns_once",
     "token_choice_drops_whole_token",
+    "dropped_tokens_pass_through",
+    "noise_at_inference",
+    "importance_on_noisy_logits",
+    "sinkhorn_exp_overflow",
 )

@@ -53,3 +53,27 @@ def _route_from(ns, sinkhorn_combine):
         return ns.expert_choice_allocation(plan, slots, weights=weights)
 
     return route
+
+
+def wrapped_layer(call):
+    """A trainable layer class: ``optimized.MoELayer`` whose ``__call__`` is replaced by ``call(inner, x, key,
+    inference)``, for the mutants whose bug lives in the layer (its weights stay reachable as ``router_weight``
+    and ``experts``, so the suite can set them)."""
+    import equinox as eqx
+
+    import optimized
+
+    class MoELayer(eqx.Module):
+        inner: optimized.MoELayer
+
+        def __init__(self, *args, **kwargs):
+            self.inner = optimized.MoELayer(*args, **kwargs)
+
+        router_weight = property(lambda self: self.inner.router_weight)
+        experts = property(lambda self: self.inner.experts)
+        capacity = property(lambda self: self.inner.capacity)
+
+        def __call__(self, x, *, key=None, inference=False):
+            return call(self.inner, x, key, inference)
+
+    return MoELayer
