@@ -180,9 +180,20 @@ class TrainLoader:
         # bounded memory (grain's default of 500 buffered elements would hold 500 batches).
         dataset = dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
         if self.workers:
+            _absl_flags_defaults()
             dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.workers,
                                                                        per_worker_buffer_size=2))  # fmt: skip
         return iter(dataset)
+
+
+def _absl_flags_defaults() -> None:
+    """grain's worker processes read absl flags (``grain_enable_multiprocess_worker_profiling``) and fail when no
+    ``absl.app`` parsed them. Choice: outside an absl program, take every flag's default (what grain's own tests
+    do); a program that parsed its flags keeps them."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
 
 
 class EvalBatches:

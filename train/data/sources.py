@@ -223,7 +223,8 @@ def read_manifest(path, *, verify: bool = True) -> dict:
     if not os.path.isfile(file):
         raise ValueError(f"shard directory {path}: no {MANIFEST} (write shards with python -m train.prepare)")
     try:
-        manifest = json.loads(open(file).read())
+        with open(file) as f:
+            manifest = json.loads(f.read())
     except json.JSONDecodeError as error:
         raise ValueError(f"{file} is not valid JSON: {error}") from error
     if manifest.get("format") != MANIFEST_FORMAT:
