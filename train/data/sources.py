@@ -235,15 +235,18 @@ def read_manifest(path, *, verify: bool = True) -> dict:
             shard_file = os.path.join(path, shard["file"])
             if not os.path.isfile(shard_file):
                 raise ValueError(f"shard {shard_file} listed in {file} does not exist")
-            reader = ArrayRecordReader(shard_file)
-            try:
-                count = reader.num_records()
-            finally:
-                reader.close()
-            if count != shard["count"]:
-                raise ValueError(f"shard {shard_file} holds {count} records but {file} says {shard['count']}")
             if verify and sha256_file(shard_file) != shard["sha256"]:
                 raise ValueError(f"shard {shard_file} does not match its SHA-256 in {file}")
+            try:
+                reader = ArrayRecordReader(shard_file)
+                try:
+                    count = reader.num_records()
+                finally:
+                    reader.close()
+            except (RuntimeError, OSError) as error:  # array_record reports a damaged file as a RuntimeError
+                raise ValueError(f"shard {shard_file} is not a readable ArrayRecord file: {error}") from error
+            if count != shard["count"]:
+                raise ValueError(f"shard {shard_file} holds {count} records but {file} says {shard['count']}")
             total += count
         labels_file = os.path.join(path, entry["labels"]["file"])
         if not os.path.isfile(labels_file):
