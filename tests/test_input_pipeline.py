@@ -114,7 +114,7 @@ def test_converter_round_trip_and_shards_read_like_the_folder(folder, tmp_path):
     for (x, y), (x0, y0) in zip(a.batches(0, 4), b.batches(0, 4), strict=True):
         np.testing.assert_array_equal(x, x0)
         np.testing.assert_array_equal(y, y0)
-    with pytest.raises(ValueError, match="already holds a manifest.json"):
+    with pytest.raises(ValueError, match=r"already holds a manifest\.json"):
         write_shards(folder, tmp_path / "shards")
 
 
