@@ -207,7 +207,10 @@ class EvalBatches:
 
     def __init__(self, source, batch_size: int, preprocess: Preprocess | None = None):
         self.source, self.batch_size, self.preprocess = source, batch_size, preprocess
-        keys = [source.key(i) for i in range(len(source))]
+        keys = source.__dict__.get("_eval_keys")
+        if keys is None:  # read once per source: later evaluations of the same split reuse the keys
+            keys = [source.key(i) for i in range(len(source))]
+            object.__setattr__(source, "_eval_keys", keys)
         self.order = np.array(sorted(range(len(source)), key=keys.__getitem__), dtype=np.int64)
         n = len(source)
         self.padded = self.order[np.arange(math.ceil(n / batch_size) * batch_size) % n]
