@@ -183,17 +183,25 @@ def test_train_and_test_sub_folders_are_the_splits(tmp_path):
     assert all(os.sep + "val" + os.sep in f for f in folder.test_files)
 
 
-def test_training_on_an_image_folder_end_to_end(folder, tmp_path):
+def test_training_on_an_image_folder_end_to_end_and_resuming_exactly(folder, tmp_path):
     import train
+    from train import checkpoint
     from train.config import resolve
     from train.loop import load_data
 
     overrides = ("data.name=imagefolder", f"data.path={folder}", "data.channels=3", "model.channels=3",
-                 "model.num_classes=3", "data.augment=true", "fewshot_shots=2", "fewshot_draws=1")  # fmt: skip
-    config = resolve("tiny", steps=3, batch_size=4, overrides=overrides)
-    summary = train.train_and_evaluate(config, tmp_path / "run", progress=False)
+                 "model.num_classes=3", "data.augment=true", "fewshot_shots=2", "fewshot_draws=1",
+                 "checkpoint_every=1")  # fmt: skip
+    config = resolve("tiny", steps=3, batch_size=4, overrides=overrides)  # 12 train images: a new epoch at step 3
+    assert train.train_and_evaluate(config, tmp_path / "cut", stop_after=2, progress=False)["stopped_early"]
+    summary = train.train_and_evaluate(config, tmp_path / "cut", progress=False)  # resumed mid-epoch
     assert summary["steps"] == 3 and 0 <= summary["test_accuracy"] <= 1 and 0 <= summary["fewshot_accuracy"] <= 1
     assert summary["num_test"] == 6  # round(0.25 * 6) per class
+    # killed at step 2 and resumed, or straight through: the same weights, bit for bit
+    train.train_and_evaluate(config, tmp_path / "straight", stop_after=3, progress=False)
+    cut, straight = checkpoint.latest(tmp_path / "cut"), checkpoint.latest(tmp_path / "straight")
+    assert cut["step"] == straight["step"] == 3
+    assert cut["path"].read_bytes() == straight["path"].read_bytes()  # weights and optimizer state, serialized
     with pytest.raises(ValueError, match=r"model.num_classes = 10 but the imagefolder data has 3 classes"):
         load_data(config.replace(model=config.model.replace(num_classes=10)))
     with pytest.raises(ValueError, match=r"data.augment is for image sources"):
