@@ -206,3 +206,17 @@ def test_training_on_an_image_folder_end_to_end_and_resuming_exactly(folder, tmp
         load_data(config.replace(model=config.model.replace(num_classes=10)))
     with pytest.raises(ValueError, match=r"data.augment is for image sources"):
         load_data(resolve("tiny", overrides=("data.augment=true",)))
+
+
+def test_evaluation_batches_are_the_same_read_here_or_in_a_worker(folder):
+    folder_data = D.read_image_folder(folder)
+    source = D.ImageFolderSource(folder_data.test_files, folder_data.test_labels)  # 6 test images
+    batches = D.EvalBatches(source, 4, D.eval_ops(8, 3))  # the second batch wraps around to 2 images of the first
+    assert len(batches) == 2 and sorted(set(np.concatenate([batches.indices(0), batches.indices(1)]))) == [*range(6)]
+    here = list(batches.batches())
+    for (x, y), (x0, y0) in zip(batches.batches(workers=1), here, strict=True):
+        np.testing.assert_array_equal(x, x0)
+        np.testing.assert_array_equal(y, y0)
+    # the order depends on the files' bytes alone: a reversed listing is evaluated in the same order
+    reversed_source = D.ImageFolderSource(folder_data.test_files[::-1], folder_data.test_labels[::-1])
+    np.testing.assert_array_equal(D.EvalBatches(reversed_source, 4).order, 5 - batches.order)

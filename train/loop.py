@@ -231,9 +231,10 @@ def evaluation_order(images: np.ndarray) -> np.ndarray:
     return EvalBatches(InMemorySource(images, np.zeros(len(images), np.int32)), 1).order
 
 
-def _in_batches(fn, model, images, batch_size: int, sharding, preprocess=None) -> np.ndarray:
-    """Apply ``fn`` to ``images`` (an array, or a source read with ``preprocess``) in full batches taken in
-    ``evaluation_order``; outputs in the stored order. Each process reads its share of every batch.
+def _in_batches(fn, model, images, batch_size: int, sharding, preprocess=None, workers: int = 0) -> np.ndarray:
+    """Apply ``fn`` to ``images`` (an array, or a source read with ``preprocess``, in ``workers`` grain worker
+    processes if > 0) in full batches taken in ``evaluation_order``; outputs in the stored order. Each process
+    reads its share of every batch.
 
     Choice: when the number of images is not a multiple of ``batch_size``, the last batch is filled with images
     from the start of the same order (real images, wrapping around), whose outputs are discarded: a padded group
@@ -245,16 +246,14 @@ def _in_batches(fn, model, images, batch_size: int, sharding, preprocess=None) -
         images = InMemorySource(np.ascontiguousarray(images), np.zeros(len(images), np.int32))
     batches = EvalBatches(images, batch_size, preprocess)
     p, count = jax.process_index(), jax.process_count()
-    outputs = [
-        _host(fn(model, global_batch(batches.read(b, p, count)[0], sharding, batch_size)))
-        for b in range(len(batches))
-    ]
+    outputs = [_host(fn(model, global_batch(local, sharding, batch_size)))
+               for local, _ in batches.batches(p, count, workers if preprocess is not None else 0)]  # fmt: skip
     return batches.unpermute(np.concatenate(outputs))
 
 
-def evaluate_accuracy(model, images, labels, batch_size, sharding, preprocess=None) -> float:
+def evaluate_accuracy(model, images, labels, batch_size, sharding, preprocess=None, workers: int = 0) -> float:
     """Top-1 accuracy on ``images`` (an array, or a source streamed in batches through ``preprocess``)."""
-    predictions = _in_batches(_predict, model, images, batch_size, sharding, preprocess)
+    predictions = _in_batches(_predict, model, images, batch_size, sharding, preprocess, workers)
     return float(np.mean(predictions == np.asarray(labels)))
 
 
@@ -267,8 +266,9 @@ def fewshot(model, dataset, config: Config, sharding) -> dict:
     Returns the mean accuracy, each draw's accuracy and l2.
     """
     splits = as_splits(dataset)
-    train = _in_batches(_features, model, splits.fewshot_train, config.batch_size, sharding, splits.eval_ops)
-    test = _in_batches(_features, model, splits.fewshot_test, config.batch_size, sharding, splits.eval_ops)
+    workers = config.data.workers
+    train = _in_batches(_features, model, splits.fewshot_train, config.batch_size, sharding, splits.eval_ops, workers)
+    test = _in_batches(_features, model, splits.fewshot_test, config.batch_size, sharding, splits.eval_ops, workers)
     draws = [
         fewshot_accuracy(train, splits.fewshot_train.labels, test, splits.fewshot_test.labels,
                          shots=config.fewshot_shots, seed=config.seed * 1000 + d)
@@ -420,7 +420,7 @@ def train_and_evaluate(
                 record["images_per_second"] = images_seen / timed_seconds if timed_seconds else None
             if done % config.eval_every == 0 or done == config.steps:
                 test_accuracy = evaluate_accuracy(model, splits.test, splits.test.labels, config.batch_size,
-                                                  data_sharding, splits.eval_ops)  # fmt: skip
+                                                  data_sharding, splits.eval_ops, config.data.workers)  # fmt: skip
                 record = (record or {"step": done}) | {"test_accuracy": test_accuracy}
             if record is not None:
                 log.write(json.dumps(record) + "\n")
@@ -439,7 +439,7 @@ def train_and_evaluate(
     with jax.set_mesh(mesh):
         if math.isnan(test_accuracy):  # resumed at the very end
             test_accuracy = evaluate_accuracy(model, splits.test, splits.test.labels, config.batch_size,
-                                              data_sharding, splits.eval_ops)  # fmt: skip
+                                              data_sharding, splits.eval_ops, config.data.workers)  # fmt: skip
         probe = fewshot(model, splits, config, data_sharding)
     summary = summarize(config, workdir, test_accuracy, probe, images_seen / timed_seconds if timed_seconds else None)
     summary |= {"num_test": len(splits.test), "fewshot_num_test": probe["num_test"]}

@@ -226,9 +226,39 @@ class EvalBatches:
         indices = process_share(self.indices(batch), process_index, process_count)
         return read_examples(self.source, indices, self.preprocess, seed=0, epoch=0)
 
+    def batches(self, process_index: int = 0, process_count: int = 1, workers: int = 0):
+        """Every batch's process-local share, in order; read in ``workers`` grain worker processes if > 0 (else
+        here: in-memory data needs no help)."""
+        if not workers:
+            return (self.read(b, process_index, process_count) for b in range(len(self)))
+        import grain
+
+        _absl_flags_defaults()
+        read = _EvalRead(self.source, self.preprocess, self.padded, self.batch_size, process_index, process_count)
+        dataset = grain.MapDataset.range(len(self)).map(read)
+        dataset = dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
+        return iter(dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2)))
+
     def unpermute(self, outputs: np.ndarray) -> np.ndarray:
         """Outputs of every batch, concatenated, back in the source's stored order."""
         ordered = outputs[: len(self.order)]
         result = np.empty_like(ordered)
         result[self.order] = ordered
         return result
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _EvalRead:
+    """grain map function: evaluation batch number -> this process's share of it (picklable)."""
+
+    source: object
+    preprocess: Preprocess | None
+    padded: np.ndarray
+    batch_size: int
+    process_index: int
+    process_count: int
+
+    def __call__(self, batch: int):
+        indices = self.padded[batch * self.batch_size : (batch + 1) * self.batch_size]
+        indices = process_share(indices, self.process_index, self.process_count)
+        return read_examples(self.source, indices, self.preprocess, seed=0, epoch=0)
