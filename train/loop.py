@@ -300,7 +300,8 @@ def progress_bar(total: int, start: int = 0, enabled: bool = True, unit: str = "
 # ------------------------------------------------------------------------------------------------------ main
 
 
-def _check_or_write_config(config: Config, workdir: Path) -> None:
+def _check_or_write_config(config: Config, workdir: Path, *, write: bool = True) -> None:
+    """Refuse a workdir that holds another config; with ``write``, record this one."""
     path = workdir / "config.json"
     if path.exists():
         try:
@@ -322,7 +323,8 @@ def _check_or_write_config(config: Config, workdir: Path) -> None:
                 + "; ".join(diffs[:10])
                 + ". Use a new --workdir, or the same options to resume."
             )
-    path.write_text(config.to_json())  # a new run, or the same run perhaps under another mesh: record this one
+    if write:
+        path.write_text(config.to_json())  # a new run, or the same run perhaps under another mesh: record this one
 
 
 def _diff(a, b, prefix=""):
@@ -363,9 +365,10 @@ def train_and_evaluate(
     config.validate()
     workdir = Path(workdir)
     mesh = make_mesh(config)  # a mesh that does not fit the devices, the batch or E fails before anything is written
+    _check_or_write_config(config, workdir, write=False)  # another run's workdir is refused before data is read
+    splits = as_splits(load_data(config) if dataset is None else dataset)  # bad data: refused before any write
     workdir.mkdir(parents=True, exist_ok=True)
     _check_or_write_config(config, workdir)
-    splits = as_splits(load_data(config) if dataset is None else dataset)
     data_sharding = batch_sharding(mesh)
     check_process_rows(data_sharding, config.batch_size)
 
