@@ -29,7 +29,7 @@ class DataConfig:
     # Streamed sources only (imagefolder, arrayrecord): Inception crop + flip for training (train.data.ops).
     augment: bool = False
     workers: int = 0  # grain worker processes decoding and augmenting; 0: in the training process
-    test_fraction: float = 0.25  # imagefolder without train/ + test/ sub-folders: each class's test share
+    test_fraction: float = 0.25  # digits, and imagefolder without train/ + test/ sub-folders: each class's test share
 
 
 @dataclasses.dataclass(frozen=True)
