@@ -206,7 +206,7 @@ def test_a_partial_last_batch_is_filled_with_real_images():
 
 
 def test_seed_sets_the_data_order_and_data_seed_the_data(tmp_path, tiny, tiny_data):
-    from train.loop import BatchOrder
+    from train.data import BatchOrder
 
     # the order is drawn from config.seed: two seeds differ, the same seed repeats
     assert not np.array_equal(BatchOrder(100, 10, 0).indices(0), BatchOrder(100, 10, 1).indices(0))

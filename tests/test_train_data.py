@@ -31,8 +31,10 @@ def nearest_class_mean_accuracy(train_images, train_labels, test_images, test_la
 
 
 def test_docstring_examples():
-    result = doctest.testmod(D, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted >= 2 and result.failed == 0
+    from train.data import arrays, datasets, loader
+
+    results = [doctest.testmod(m, optionflags=doctest.NORMALIZE_WHITESPACE) for m in (arrays, datasets, loader)]
+    assert sum(r.attempted for r in results) >= 3 and sum(r.failed for r in results) == 0
 
 
 # ---------------------------------------------------------------------------------------------------- digits
@@ -226,46 +228,50 @@ def test_parts_options(options, message):
 
 def test_batches_are_deterministic_and_cover_each_example_at_most_once_per_epoch():
     n, size = 103, 10
-    images, labels = np.arange(n) * 10, np.arange(n)
-    epoch0 = list(D.batches(images, labels, size, seed=1, epoch=0))
-    again = list(D.batches(images, labels, size, seed=1, epoch=0))
-    assert len(epoch0) == D.num_batches(n, size) == 10  # the remainder (3) is dropped
-    seen = np.concatenate([b[1] for b in epoch0])
+    order = D.BatchOrder(n, size, seed=1)
+    assert order.per_epoch == 10  # the remainder (3) is dropped
+    epoch0 = [order.indices(step) for step in range(10)]
+    seen = np.concatenate(epoch0)
     assert len(np.unique(seen)) == len(seen) == 100
-    for (x, y), (x2, y2) in zip(epoch0, again, strict=True):
-        np.testing.assert_array_equal(x, x2)
-        np.testing.assert_array_equal(y, y2)
-        np.testing.assert_array_equal(x, y * 10)  # images and labels stay paired
-    epoch1 = np.concatenate([b[1] for b in D.batches(images, labels, size, seed=1, epoch=1)])
-    other_seed = np.concatenate([b[1] for b in D.batches(images, labels, size, seed=2, epoch=0)])
+    again = D.BatchOrder(n, size, seed=1)
+    for step in range(10):
+        np.testing.assert_array_equal(again.indices(step), epoch0[step])
+    # The one order, written out: epoch e's permutation default_rng([seed, e]), batch i its slice [iB, (i+1)B).
+    np.testing.assert_array_equal(epoch0[3], np.random.default_rng([1, 0]).permutation(n)[30:40])
+    np.testing.assert_array_equal(order.indices(14), np.random.default_rng([1, 1]).permutation(n)[40:50])
+    epoch1 = np.concatenate([order.indices(step) for step in range(10, 20)])
+    other_seed = np.concatenate([D.BatchOrder(n, size, seed=2).indices(step) for step in range(10)])
     assert not np.array_equal(seen, epoch1) and not np.array_equal(seen, other_seed)
 
 
 def test_resuming_sees_the_same_batches():
     n, size = 50, 8  # 6 batches per epoch
-    images, labels = np.arange(n), np.arange(n)
-    stream = [y for epoch in range(3) for _, y in D.batches(images, labels, size, seed=7, epoch=epoch)]
-    for step in (0, 5, 6, 13, 17):
-        np.testing.assert_array_equal(D.batch_at(images, labels, size, seed=7, step=step)[1], stream[step])
-        epoch, index = divmod(step, 6)
-        resumed = [y for _, y in D.batches(images, labels, size, seed=7, epoch=epoch, start=index)]
-        for a, b in zip(resumed, stream[step:], strict=False):
-            np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(D.epoch_order(n, size, seed=7, epoch=2)[1], stream[13])
+    stream = [D.BatchOrder(n, size, seed=7).indices(step) for step in range(18)]
+    for step in (0, 5, 6, 13, 17):  # a fresh order (a restarted run) at any step sees what the stream saw
+        np.testing.assert_array_equal(D.BatchOrder(n, size, seed=7).indices(step), stream[step])
+    # ... and so does the loader over an in-memory source, batch for batch, from any start step
+    images, labels = np.arange(n, dtype=np.float32).reshape(n, 1, 1, 1), np.arange(n, dtype=np.int32)
+    loader = D.TrainLoader(D.InMemorySource(images, labels), size, seed=7)
+    for start in (0, 5, 13):
+        for (x, y), expected in zip(loader.batches(start, 18), stream[start:], strict=True):
+            np.testing.assert_array_equal(y, expected)
+            np.testing.assert_array_equal(x[:, 0, 0, 0], expected)
 
 
 def test_batches_bad_input():
-    x = np.zeros(10)
-    with pytest.raises(ValueError, match="batch_size"):
-        list(D.batches(x, x, 11, seed=0, epoch=0))
-    with pytest.raises(ValueError, match="differ in length"):
-        list(D.batches(x, x[:9], 2, seed=0, epoch=0))
-    with pytest.raises(ValueError, match="seed"):
-        list(D.batches(x, x, 2, seed=-1, epoch=0))
-    with pytest.raises(ValueError, match="start"):
-        list(D.batches(x, x, 2, seed=0, epoch=0, start=6))
-    with pytest.raises(ValueError, match="step"):
-        D.batch_at(x, x, 2, seed=0, step=-1)
+    with pytest.raises(ValueError, match="batch_size 11 is larger than the 10"):
+        D.BatchOrder(10, 11, seed=0)
+    with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+        D.BatchOrder(10, 2, seed=-1)
+    with pytest.raises(ValueError, match="step must be an integer >= 0, got -1"):
+        D.BatchOrder(10, 2, seed=0).indices(-1)
+    source = D.InMemorySource(np.zeros((10, 1, 1, 1), np.float32), np.zeros(10, np.int32))
+    with pytest.raises(ValueError, match="start and end"):
+        D.TrainLoader(source, 2, seed=0).batches(3, 2)
+    with pytest.raises(ValueError, match="workers must be an integer >= 0"):
+        D.TrainLoader(source, 2, seed=0, workers=-1)
+    with pytest.raises(ValueError, match="cannot be split evenly over 3 processes"):
+        D.TrainLoader(source, 4, seed=0, process_count=3)
 
 
 # -------------------------------------------------------------------------------------------------- cifar10
@@ -453,7 +459,7 @@ def test_imagefolder_truncated_image_is_named(tmp_path):
 
 
 def test_imagefolder_bad_directories(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(ValueError, match="nowhere does not exist"):
         D.load("imagefolder", path=tmp_path / "nowhere")
     with pytest.raises(ValueError, match="found 0"):
         D.load("imagefolder", path=tmp_path)

@@ -19,13 +19,17 @@ from optimized._checks import positive_real, real_in
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    name: str = "digits"  # digits | synthetic | cifar10 | imagefolder
-    path: str = ""  # cifar10 / imagefolder: the local directory to read
+    name: str = "digits"  # digits | synthetic | parts | cifar10 (in memory) | imagefolder | arrayrecord (streamed)
+    path: str = ""  # cifar10 / imagefolder / arrayrecord: the local directory to read
     image_size: int = 16
     channels: int = 1
     seed: int = 0
     num_classes: int | None = None  # synthetic only: classes generated (None: the reader's default)
     heldout_classes: int | None = None  # synthetic only: classes kept out of pre-training for the few-shot probe
+    # Streamed sources only (imagefolder, arrayrecord): Inception crop + flip for training (train.data.ops).
+    augment: bool = False
+    workers: int = 0  # grain worker processes decoding and augmenting; 0: in the training process
+    test_fraction: float = 0.25  # digits, and imagefolder without train/ + test/ sub-folders: each class's test share
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +113,9 @@ class Config:
                 f"batch_size {self.batch_size} must be a multiple of model.group_images {self.model.group_images} "
                 "(images per routing group)"
             )
+        if isinstance(self.data.workers, bool) or not isinstance(self.data.workers, int) or self.data.workers < 0:
+            raise ValueError(f"data.workers must be an integer >= 0, got {self.data.workers!r}")
+        real_in("data.test_fraction", self.data.test_fraction, 0.0, 1.0)
         if self.data.image_size != self.model.image_size or self.data.channels != self.model.channels:
             raise ValueError(
                 f"data.image_size/channels ({self.data.image_size}, {self.data.channels}) must match "
@@ -199,9 +206,11 @@ def cifar10() -> Config:
 
 
 def imagefolder() -> Config:
-    """A folder of class subfolders of images: ``python -m train --preset imagefolder --set data.path=DIR
-    --set model.num_classes=N``. 32x32 RGB by default; change ``data.image_size`` and ``model.image_size``."""
-    return cifar10().replace(data=DataConfig("imagefolder", image_size=32, channels=3))
+    """A folder of class subfolders of images, streamed (decoded on the fly, Inception crop + flip):
+    ``python -m train --preset imagefolder --set data.path=DIR --set model.num_classes=N``. 32x32 RGB by default;
+    change ``data.image_size`` and ``model.image_size``; ``--set data.workers=N`` decodes in N processes; shards
+    written by ``python -m train.prepare`` read with ``--set data.name=arrayrecord``."""
+    return cifar10().replace(data=DataConfig("imagefolder", image_size=32, channels=3, augment=True))
 
 
 def _paper(variant: str) -> Config:
@@ -210,7 +219,8 @@ def _paper(variant: str) -> Config:
         group_images=8, router="softmax_expert_choice",
     )  # fmt: skip
     return Config(
-        model=model, data=DataConfig("imagefolder", image_size=224, channels=3), steps=300_000, batch_size=4096,
+        model=model, data=DataConfig("arrayrecord", image_size=224, channels=3, augment=True, workers=8),
+        steps=300_000, batch_size=4096,
         learning_rate=1e-3, warmup_steps=10_000, weight_decay=0.1, eval_every=10_000, checkpoint_every=2_000,
         log_every=100,
     )  # fmt: skip
@@ -219,19 +229,22 @@ def _paper(variant: str) -> Config:
 def vmoe_b32() -> Config:
     """The paper's B/32 (E = 32, MoE on every other block, c = 1 or k = 1): a machine with accelerators.
 
-    ``python -m train --preset vmoe-b32 --set data.path=IMAGENET_DIR --router sinkhorn_expert_choice``.
-    The paper trained on JFT-300M (not public); an image folder of your own stands in for it.
+    ``python -m train.prepare --from IMAGENET_DIR --to SHARDS --shards 1024`` once, then
+    ``python -m train --preset vmoe-b32 --set data.path=SHARDS --router sinkhorn_expert_choice`` (or
+    ``--set data.name=imagefolder --set data.path=IMAGENET_DIR`` to stream the folder itself). 224 px, batch 4096,
+    Inception crop + flip, 8 decoding workers per host. The paper trained on JFT-300M (not public); your own
+    data stands in for it.
     """
     return _paper("B/32")
 
 
 def vmoe_b16() -> Config:
-    """The paper's B/16, E = 32 (accelerators). ``python -m train --preset vmoe-b16 --set data.path=DIR``."""
+    """The paper's B/16, E = 32 (accelerators). ``python -m train --preset vmoe-b16 --set data.path=SHARDS``."""
     return _paper("B/16")
 
 
 def vmoe_l16() -> Config:
-    """The paper's L/16, E = 32 (accelerators). ``python -m train --preset vmoe-l16 --set data.path=DIR``."""
+    """The paper's L/16, E = 32 (accelerators). ``python -m train --preset vmoe-l16 --set data.path=SHARDS``."""
     return _paper("L/16")
 
 

@@ -6,14 +6,14 @@
 The devices form a (``data``, ``expert``) mesh (``config.mesh``, ``jax.sharding``): the batch is sharded over
 every device, expert weights over ``expert`` along their E axis (the MoE layers move tokens to them with two
 all-to-alls, ``optimized.moe_over_groups``), everything else is replicated. The same code runs on one CPU,
-8 GPUs or a TPU slice. Randomness per step is
-``fold_in(key, step)`` and the data order is a function of (seed, epoch), so a run resumed from a checkpoint
+8 GPUs or a TPU slice, one process or many: each process reads its share of every batch (``train.data``
+loader) and ``jax.make_array_from_process_local_data`` assembles the global batch. Randomness per step is
+``fold_in(key, step)`` and the batch of a step is a function of (seed, step), so a run resumed from a checkpoint
 continues exactly as if it had never stopped.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import sys
@@ -49,18 +49,30 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def load_data(config: Config):
+    """The run's data: an in-memory ``train.data.Dataset`` for the small datasets, or ``train.data.Splits`` opened
+    for streaming (``data.name`` imagefolder or arrayrecord). Either way every input is checked here, before any
+    training work, and the class count must match ``model.num_classes``."""
     from . import data
 
     d = config.data
-    if d.name in ("cifar10", "imagefolder") and not d.path:
-        raise ValueError(f"data.path must name a local directory for the {d.name} dataset (--set data.path=DIR)")
-    candidates = {
-        "path": d.path, "image_size": d.image_size, "channels": d.channels, "seed": d.seed,
-        "num_classes": d.num_classes, "heldout_classes": d.heldout_classes,
-    }  # fmt: skip
-    valid = data.OPTIONS.get(d.name, {})  # an unknown name is reported by data.load
-    options = {k: v for k, v in candidates.items() if k in valid and v is not None and v != ""}
-    dataset = data.load(d.name, **options)
+    if d.name in data.STREAMING:
+        dataset = data.open_streaming(
+            d.name, d.path, image_size=d.image_size, channels=d.channels, augment=d.augment,
+            fewshot_per_class=2 * config.fewshot_shots, test_fraction=d.test_fraction, seed=d.seed,
+        )  # fmt: skip
+    else:
+        if d.augment:
+            raise ValueError(f"data.augment is for image sources ({', '.join(data.STREAMING)}); the {d.name} data "
+                             "is decoded in memory and read as it is")  # fmt: skip
+        if d.name == "cifar10" and not d.path:
+            raise ValueError(f"data.path must name a local directory for the {d.name} dataset (--set data.path=DIR)")
+        candidates = {
+            "path": d.path, "image_size": d.image_size, "channels": d.channels, "seed": d.seed,
+            "num_classes": d.num_classes, "heldout_classes": d.heldout_classes, "test_fraction": d.test_fraction,
+        }  # fmt: skip
+        valid = data.OPTIONS.get(d.name, {})  # an unknown name is reported by data.load
+        options = {k: v for k, v in candidates.items() if k in valid and v is not None and v != ""}
+        dataset = data.load(d.name, **options)
     if dataset.num_classes != config.model.num_classes:
         raise ValueError(
             f"model.num_classes = {config.model.num_classes} but the {d.name} data has {dataset.num_classes} "
@@ -69,21 +81,42 @@ def load_data(config: Config):
     return dataset
 
 
-class BatchOrder:
-    """Batch ``step`` is a slice of a permutation drawn from (seed, epoch): resumable without any state."""
+def as_splits(dataset):
+    """A ``Dataset`` or ``Splits`` as ``Splits``: what training and evaluation read."""
+    from .data import Splits, from_dataset
 
-    def __init__(self, num_examples: int, batch_size: int, seed: int):
-        if num_examples < batch_size:
-            raise ValueError(f"batch_size {batch_size} is larger than the {num_examples} training examples")
-        self.n, self.batch, self.seed = num_examples, batch_size, seed
-        self.per_epoch = num_examples // batch_size  # the remainder of each epoch is dropped
-        self._epoch, self._perm = -1, None
+    return dataset if isinstance(dataset, Splits) else from_dataset(dataset)
 
-    def indices(self, step: int) -> np.ndarray:
-        epoch, index = divmod(step, self.per_epoch)
-        if epoch != self._epoch:
-            self._epoch, self._perm = epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n)
-        return self._perm[index * self.batch : (index + 1) * self.batch]
+
+def global_batch(local: np.ndarray, sharding, global_size: int):
+    """This process's rows of a batch -> the global ``jax.Array`` of ``global_size`` rows on ``sharding``
+    (``jax.make_array_from_process_local_data``); with no sharding (tests) the rows as they are."""
+    if sharding is None:
+        return local
+    return jax.make_array_from_process_local_data(sharding, local, (global_size, *local.shape[1:]))
+
+
+def check_process_rows(sharding, global_size: int) -> None:
+    """Stop unless this process's devices hold rows [p b, (p + 1) b) of a batch under ``sharding``: the rows
+    ``train.data.process_share`` gives it to read."""
+    p, count = jax.process_index(), jax.process_count()
+    share = global_size // count
+    rows = set()
+    for index in sharding.addressable_devices_indices_map((global_size,)).values():
+        rows.update(range(global_size)[index[0]])
+    if rows != set(range(p * share, (p + 1) * share)):
+        raise ValueError(f"process {p} of {count} holds batch rows {sorted(rows)[:4]}..., not the contiguous block "
+                         f"[{p * share}, {(p + 1) * share}) its share of the input is: order the mesh's devices "
+                         "by process")  # fmt: skip
+
+
+def _host(output) -> np.ndarray:
+    """A batch's output on this host, all rows (gathered from the other processes when there are several)."""
+    if isinstance(output, jax.Array) and not output.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        output = multihost_utils.process_allgather(output, tiled=True)
+    return np.asarray(output)
 
 
 # ----------------------------------------------------------------------------------------------------- model
@@ -189,49 +222,55 @@ def evaluation_order(images: np.ndarray) -> np.ndarray:
     every group, which never happens in training (where every batch is a random draw). Hash order mixes classes
     as training does, and since it depends on the images alone, evaluation gives the same numbers for every
     ordering of the same set: a shuffled copy, a class-sorted copy. Identical images may come in any order
-    among themselves; their outputs are identical, so nothing measured depends on it.
+    among themselves; their outputs are identical, so nothing measured depends on it. Streaming sources hash
+    their stored (encoded) bytes the same way (``train.data.EvalBatches``).
     """
+    from .data import EvalBatches, InMemorySource
+
     images = np.ascontiguousarray(images)
-    rows = images.reshape(len(images), -1).view(np.uint8).reshape(len(images), -1)
-    digests = [hashlib.blake2b(row.tobytes(), digest_size=8).digest() for row in rows]
-    return np.array(sorted(range(len(images)), key=digests.__getitem__), dtype=np.int64)
+    return EvalBatches(InMemorySource(images, np.zeros(len(images), np.int32)), 1).order
 
 
-def _in_batches(fn, model, images: np.ndarray, batch_size: int, sharding) -> np.ndarray:
-    """Apply ``fn`` to ``images`` in full batches taken in ``evaluation_order``; outputs in the stored order.
+def _in_batches(fn, model, images, batch_size: int, sharding, preprocess=None, workers: int = 0) -> np.ndarray:
+    """Apply ``fn`` to ``images`` (an array, or a source read with ``preprocess``, in ``workers`` grain worker
+    processes if > 0) in full batches taken in ``evaluation_order``; outputs in the stored order. Each process
+    reads its share of every batch.
 
     Choice: when the number of images is not a multiple of ``batch_size``, the last batch is filled with images
     from the start of the same order (real images, wrapping around), whose outputs are discarded: a padded group
     holds only real images, mixed as in training, and no blank image takes part in the routing of a real one.
     """
-    n = len(images)
-    order = evaluation_order(images)
-    index = order[np.arange(math.ceil(n / batch_size) * batch_size) % n]
-    outputs = [
-        np.asarray(fn(model, jax.device_put(images[index[start : start + batch_size]], sharding)))
-        for start in range(0, len(index), batch_size)
-    ]
-    ordered = np.concatenate(outputs)[:n]
-    result = np.empty_like(ordered)
-    result[order] = ordered  # undo the permutation
-    return result
+    from .data import EvalBatches, InMemorySource
+
+    if isinstance(images, np.ndarray):
+        images = InMemorySource(np.ascontiguousarray(images), np.zeros(len(images), np.int32))
+    batches = EvalBatches(images, batch_size, preprocess)
+    p, count = jax.process_index(), jax.process_count()
+    outputs = [_host(fn(model, global_batch(local, sharding, batch_size)))
+               for local, _ in batches.batches(p, count, workers if preprocess is not None else 0)]  # fmt: skip
+    return batches.unpermute(np.concatenate(outputs))
 
 
-def evaluate_accuracy(model, images, labels, batch_size, sharding) -> float:
-    predictions = _in_batches(_predict, model, images, batch_size, sharding)
-    return float(np.mean(predictions == labels))
+def evaluate_accuracy(model, images, labels, batch_size, sharding, preprocess=None, workers: int = 0) -> float:
+    """Top-1 accuracy on ``images`` (an array, or a source streamed in batches through ``preprocess``)."""
+    predictions = _in_batches(_predict, model, images, batch_size, sharding, preprocess, workers)
+    return float(np.mean(predictions == np.asarray(labels)))
 
 
 def fewshot(model, dataset, config: Config, sharding) -> dict:
     """The paper's 10-shot linear probe on frozen pre-head features (sec. 3.3), averaged over shot draws.
 
     Draw ``d`` of ``config.fewshot_draws`` uses probe seed ``config.seed * 1000 + d``, so a run's seed fixes
-    its draws and different seeds draw differently. Returns the mean accuracy, each draw's accuracy and l2.
+    its draws and different seeds draw differently. The features of the probe's pool and test split are held in
+    memory (for streaming data the pool is a small per-class subset, ``train.data.splits.fewshot_pool``).
+    Returns the mean accuracy, each draw's accuracy and l2.
     """
-    train = _in_batches(_features, model, dataset.fewshot_train_images, config.batch_size, sharding)
-    test = _in_batches(_features, model, dataset.fewshot_test_images, config.batch_size, sharding)
+    splits = as_splits(dataset)
+    workers = config.data.workers
+    train = _in_batches(_features, model, splits.fewshot_train, config.batch_size, sharding, splits.eval_ops, workers)
+    test = _in_batches(_features, model, splits.fewshot_test, config.batch_size, sharding, splits.eval_ops, workers)
     draws = [
-        fewshot_accuracy(train, dataset.fewshot_train_labels, test, dataset.fewshot_test_labels,
+        fewshot_accuracy(train, splits.fewshot_train.labels, test, splits.fewshot_test.labels,
                          shots=config.fewshot_shots, seed=config.seed * 1000 + d)
         for d in range(config.fewshot_draws)
     ]  # fmt: skip
@@ -261,13 +300,18 @@ def progress_bar(total: int, start: int = 0, enabled: bool = True, unit: str = "
 # ------------------------------------------------------------------------------------------------------ main
 
 
-def _check_or_write_config(config: Config, workdir: Path) -> None:
+def _check_or_write_config(config: Config, workdir: Path, *, write: bool = True) -> None:
+    """Refuse a workdir that holds another config; with ``write``, record this one."""
     path = workdir / "config.json"
     if path.exists():
         try:
             saved = json.loads(path.read_text())
         except json.JSONDecodeError as err:
             raise ConfigMismatchError(f"{path} is not valid JSON ({err}); use a new workdir") from err
+        try:  # a config saved before a field existed (data.augment, ...) reads with that field's default
+            saved = json.loads(Config.from_dict(saved).to_json())
+        except (KeyError, TypeError):
+            pass  # not a config of a known shape: the comparison below reports the differences
         current = json.loads(config.to_json())
         # Choice: the mesh says where the run executes, not what it computes; a run resumes under any mesh.
         saved.pop("mesh", None)
@@ -279,7 +323,8 @@ def _check_or_write_config(config: Config, workdir: Path) -> None:
                 + "; ".join(diffs[:10])
                 + ". Use a new --workdir, or the same options to resume."
             )
-    path.write_text(config.to_json())  # a new run, or the same run perhaps under another mesh: record this one
+    if write:
+        path.write_text(config.to_json())  # a new run, or the same run perhaps under another mesh: record this one
 
 
 def _diff(a, b, prefix=""):
@@ -320,10 +365,12 @@ def train_and_evaluate(
     config.validate()
     workdir = Path(workdir)
     mesh = make_mesh(config)  # a mesh that does not fit the devices, the batch or E fails before anything is written
+    _check_or_write_config(config, workdir, write=False)  # another run's workdir is refused before data is read
+    splits = as_splits(load_data(config) if dataset is None else dataset)  # bad data: refused before any write
     workdir.mkdir(parents=True, exist_ok=True)
     _check_or_write_config(config, workdir)
-    dataset = load_data(config) if dataset is None else dataset
     data_sharding = batch_sharding(mesh)
+    check_process_rows(data_sharding, config.batch_size)
 
     key = jax.random.key(config.seed)
     init_key, train_key = jax.random.split(key)
@@ -343,16 +390,20 @@ def train_and_evaluate(
     # Choice: the data order is drawn from the run's seed, not from data.seed (which fixes the dataset): a study's
     # seeds then vary initialization, data order, noise and probe draws together, and every arm of one seed sees
     # the same order (a paired design).
-    order = BatchOrder(len(dataset.train_labels), config.batch_size, config.seed)
+    # The batch of step s is fixed by (seed, s) (``train.data.BatchOrder``, ``process_share``, ``example_rng``): the
+    # loader's position is the step, so resuming needs no saved loader state.
+    from .data import TrainLoader
+
+    loader = TrainLoader(splits.train, config.batch_size, config.seed, splits.train_ops, jax.process_index(),
+                         jax.process_count(), config.data.workers)  # fmt: skip
     end = config.steps if stop_after is None else min(stop_after, config.steps)
     bar = progress_bar(end, start, progress)
     images_seen, timed_seconds, last_good = 0, 0.0, start
     test_accuracy = float("nan")
     with open(metrics_path, "a") as log, jax.set_mesh(mesh):
-        for step in range(start, end):
-            idx = order.indices(step)
-            images = jax.device_put(dataset.train_images[idx], data_sharding)
-            labels = jax.device_put(dataset.train_labels[idx], data_sharding)
+        for step, (local_images, local_labels) in zip(range(start, end), loader.batches(start, end), strict=True):
+            images = global_batch(local_images, data_sharding, config.batch_size)
+            labels = global_batch(local_labels, data_sharding, config.batch_size)
             t0 = time.perf_counter()
             model, opt_state, metrics = step_fn(images, model, opt_state, labels, jax.random.fold_in(train_key, step))
             loss = float(metrics["loss"])  # also waits for the step
@@ -371,9 +422,8 @@ def train_and_evaluate(
                 record = {"step": done, **_to_host(metrics), "learning_rate": float(schedule(step))}
                 record["images_per_second"] = images_seen / timed_seconds if timed_seconds else None
             if done % config.eval_every == 0 or done == config.steps:
-                test_accuracy = evaluate_accuracy(
-                    model, dataset.test_images, dataset.test_labels, config.batch_size, data_sharding
-                )
+                test_accuracy = evaluate_accuracy(model, splits.test, splits.test.labels, config.batch_size,
+                                                  data_sharding, splits.eval_ops, config.data.workers)  # fmt: skip
                 record = (record or {"step": done}) | {"test_accuracy": test_accuracy}
             if record is not None:
                 log.write(json.dumps(record) + "\n")
@@ -391,11 +441,11 @@ def train_and_evaluate(
 
     with jax.set_mesh(mesh):
         if math.isnan(test_accuracy):  # resumed at the very end
-            test_accuracy = evaluate_accuracy(model, dataset.test_images, dataset.test_labels, config.batch_size,
-                                              data_sharding)  # fmt: skip
-        probe = fewshot(model, dataset, config, data_sharding)
+            test_accuracy = evaluate_accuracy(model, splits.test, splits.test.labels, config.batch_size,
+                                              data_sharding, splits.eval_ops, config.data.workers)  # fmt: skip
+        probe = fewshot(model, splits, config, data_sharding)
     summary = summarize(config, workdir, test_accuracy, probe, images_seen / timed_seconds if timed_seconds else None)
-    summary |= {"num_test": len(dataset.test_labels), "fewshot_num_test": probe["num_test"]}
+    summary |= {"num_test": len(splits.test), "fewshot_num_test": probe["num_test"]}
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     from .plots import plot_run
 
