@@ -11,9 +11,13 @@ Three measurements, printed as ratios measured in one run and written to ``--out
     step, blocks of steps alternating; ratio of medians. Target: >= 0.95.
 (c) Decode + Inception crop + flip + value range of 224 px JPEGs to 224 px: images/s in this process and per
     grain worker process (``--workers``).
+(d) Beside it, the training step of the ``vmoe-b32`` preset (the paper's B/32, E = 32, 224 px, AdamW) on this
+    CPU at a batch of ``--b32-batch`` images (the preset's 4096 does not fit here): images/s of training, and
+    how many decode workers at the rate of (c) keep up with it. ``--b32-batch 0`` skips it (it needs about
+    16 GB of RAM: 967M parameters, their gradients and AdamW's two moments).
 
     python benchmarks/bench_input.py [--small 2000] [--large 20000] [--steps 300] [--rounds 6]
-        [--decode-images 512] [--workers 1 2] [--out benchmarks/results] [--quick]
+        [--decode-images 512] [--workers 1 2] [--b32-batch 8] [--out benchmarks/results] [--quick]
 
 Every image is generated here (smooth colour fields with noise, one colour per class, JPEG quality 90) in a
 temporary directory; nothing is downloaded. Choose smaller sizes for a quick look (``--quick``: sizes whose
@@ -178,6 +182,37 @@ def decode_rate(tmp: Path, images: int, workers: list[int]) -> dict:
     return out
 
 
+def b32_step(batch: int, repeats: int = 3) -> dict:
+    """Seconds per training step of the vmoe-b32 preset at ``batch`` images (median of ``repeats`` after one
+    compiling step), on random 224 px images."""
+    import equinox as eqx
+    import jax
+
+    from optimized import ViTMoE
+    from train.config import preset
+    from train.loop import make_optimizer, make_step
+
+    config = preset("vmoe-b32")
+    config = config.replace(batch_size=batch, model=config.model.replace(group_images=min(batch, 8)))
+    model = ViTMoE(config.model, key=jax.random.key(0))
+    optimizer, _ = make_optimizer(config)
+    opt_state = optimizer.init(eqx.filter(model, eqx.is_array))
+    step = make_step(optimizer, config.label_smoothing, config.model.num_classes)
+    rng = np.random.default_rng(0)
+    images = jax.numpy.asarray(rng.uniform(-1, 1, (batch, 224, 224, 3)).astype(np.float32))
+    labels = jax.numpy.asarray(rng.integers(0, 1000, batch).astype(np.int32))
+    times = []
+    for i in range(repeats + 1):
+        t0 = time.perf_counter()
+        model, opt_state, metrics = step(images, model, opt_state, labels, jax.random.key(i))
+        float(metrics["loss"])
+        times.append(time.perf_counter() - t0)
+    seconds = statistics.median(times[1:])
+    print(f"(d) vmoe-b32 training step, batch {batch}: {seconds:.2f} s ({batch / seconds:.1f} images/s)", flush=True)
+    return {"batch": batch, "seconds_per_step": seconds, "images_per_second": batch / seconds,
+            "compile_and_first_step_seconds": times[0]}  # fmt: skip
+
+
 def write_results(out: Path, results: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "input.json").write_text(json.dumps(results, indent=2))
@@ -211,6 +246,17 @@ def write_results(out: Path, results: dict) -> None:
         *(f"| {r['workers']} | {r['images_per_second']:.0f} | {r['per_worker']:.0f} |" for r in c["rows"]),
         "",
     ]  # fmt: skip
+    if results.get("b32"):
+        d = results["b32"]
+        per_worker = min(r["per_worker"] for r in c["rows"] if r["workers"] > 0)
+        lines += [
+            f"(d) Beside it, the `vmoe-b32` training step on this CPU at batch {d['batch']}: "
+            f"{d['seconds_per_step']:.2f} s per step, {d['images_per_second']:.1f} images/s; one decode worker "
+            f"({per_worker:.0f} images/s) feeds {per_worker / d['images_per_second']:.0f} times that. On an "
+            "accelerator, size `data.workers` as (training images/s) / (images/s per worker) for real photographs, "
+            "which decode more slowly than these generated JPEGs.",
+            "",
+        ]  # fmt: skip
     (out / "input.md").write_text("\n".join(lines))
 
 
@@ -226,17 +272,19 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=50, help="(b): steps per block")
     parser.add_argument("--decode-images", type=int, default=512)
     parser.add_argument("--workers", type=int, nargs="*", default=[1, 2])
+    parser.add_argument("--b32-batch", type=int, default=8, help="(d): 0 skips the vmoe-b32 step")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the script, not the figures")
     args = parser.parse_args()
     if args.quick:
         args.small, args.large, args.steps, args.rounds, args.block, args.decode_images = 40, 80, 5, 1, 3, 64
-        args.workers = [1]
+        args.workers, args.b32_batch = [1], 0
     results = {"command": " ".join(["python", "benchmarks/bench_input.py", *sys.argv[1:]]), "args": vars(args)}
     with tempfile.TemporaryDirectory() as tmp:
         results["rss"] = peak_rss(Path(tmp), args.small, args.large, args.steps)
         results["loader"] = loader_vs_memory(args.block, args.rounds)
         results["decode"] = decode_rate(Path(tmp), args.decode_images, args.workers)
+    results["b32"] = b32_step(args.b32_batch) if args.b32_batch else None
     write_results(Path(args.out), results)
     print(f"(a) peak RSS difference {results['rss']['difference_mb']:.0f} MB; (b) loader / memory "
           f"{results['loader']['ratio']:.3f}; written to {args.out}/input.md")

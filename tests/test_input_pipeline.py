@@ -202,6 +202,13 @@ def test_training_on_an_image_folder_end_to_end_and_resuming_exactly(folder, tmp
     cut, straight = checkpoint.latest(tmp_path / "cut"), checkpoint.latest(tmp_path / "straight")
     assert cut["step"] == straight["step"] == 3
     assert cut["path"].read_bytes() == straight["path"].read_bytes()  # weights and optimizer state, serialized
+    # the routing plots of a streamed run decode a bounded part of its test split: the first 4 of evaluation order
+    from train.visualize import visualize_run
+
+    usage, maps = visualize_run(tmp_path / "cut", num_images=2, progress=False, max_streamed=4)
+    assert usage.stat().st_size > 0 and maps.stat().st_size > 0
+    images, labels = D.test_arrays(load_data(config), 4)
+    assert images.shape == (4, 8, 8, 3) and images.min() >= -1 and images.max() <= 1 and labels.shape == (4,)
     with pytest.raises(ValueError, match=r"model.num_classes = 10 but the imagefolder data has 3 classes"):
         load_data(config.replace(model=config.model.replace(num_classes=10)))
     with pytest.raises(ValueError, match=r"data.augment is for image sources"):

@@ -274,12 +274,22 @@ def plot_routing_maps(
 # ------------------------------------------------------------------------------------------------------ run
 
 
-def visualize_run(workdir, *, out=None, num_images: int = 6, progress: bool = True, dataset=None) -> list[Path]:
+def visualize_run(
+    workdir, *, out=None, num_images: int = 6, progress: bool = True, dataset=None, max_streamed: int = 1024
+) -> list[Path]:
     """Write ``expert_usage.png`` and ``routing_maps.png`` for the run in ``workdir`` (its last checkpoint, its
     test split) into ``out`` (default ``workdir/plots``); returns their paths. ``dataset``: the run's data, if
-    already loaded (``train.loop.load_data(config)``)."""
-    if not isinstance(num_images, int) or isinstance(num_images, bool) or num_images < 1:
-        raise ValueError(f"num_images must be an integer >= 1, got {num_images!r}")
+    already loaded (``train.loop.load_data(config)``).
+
+    Choice: a streamed test split (an image folder or shards) is decoded into memory only in part, its first
+    ``max_streamed`` images in evaluation order (``train.data.test_arrays``; 1024 images of 224 px are 600 MB),
+    routed in groups of that subset; the usage plot says how many images it counts.
+    """
+    from .data import Splits, test_arrays
+
+    for name, value in (("num_images", num_images), ("max_streamed", max_streamed)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     workdir = Path(workdir)
     config_path = workdir / "config.json"
     if not config_path.exists():
@@ -289,16 +299,20 @@ def visualize_run(workdir, *, out=None, num_images: int = 6, progress: bool = Tr
         raise ValueError(f"the run in {workdir} is dense (model.dense = True): a dense model has no routers to show")
     model, config, step = load_trained(workdir, config)
     dataset = load_data(config) if dataset is None else dataset
-    picked = pick_images(dataset.test_labels, num_images)  # checks num_images against the test split first
+    if isinstance(dataset, Splits):
+        test_images, test_labels = test_arrays(dataset, max_streamed)
+    else:
+        test_images, test_labels = dataset.test_images, dataset.test_labels
+    picked = pick_images(test_labels, num_images)  # checks num_images against the test split first
     mesh = make_mesh(config)
     model = jax.device_put(model, optimized.shardings(model, mesh))
     if progress:
-        print(f"routing the {len(dataset.test_labels)} test images of {workdir} (step {step})", file=sys.stderr)
+        print(f"routing the {len(test_labels)} test images of {workdir} (step {step})", file=sys.stderr)
     with jax.set_mesh(mesh):
-        weights = expert_weights(model, dataset.test_images, config.batch_size, batch_sharding(mesh))
+        weights = expert_weights(model, test_images, config.batch_size, batch_sharding(mesh))
 
     soft = config.model.router == "soft_moe"
-    usage = expert_usage(weights, dataset.test_labels, dataset.num_classes, soft=soft)
+    usage = expert_usage(weights, test_labels, dataset.num_classes, soft=soft)
     out = workdir / "plots" if out is None else Path(out)
     out.mkdir(parents=True, exist_ok=True)
     m = config.model
@@ -307,11 +321,11 @@ def visualize_run(workdir, *, out=None, num_images: int = 6, progress: bool = Tr
     written = [
         plot_expert_usage(
             usage, out / "expert_usage.png", class_names=dataset.class_names, value_label=USAGE_LABELS[soft],
-            title=f"{name}\nexpert usage per class on the {len(dataset.test_labels)} test images",
+            title=f"{name}\nexpert usage per class on the {len(test_labels)} test images",
         ),
         plot_routing_maps(
-            dataset.test_images[picked], weights[picked], out / "routing_maps.png", patch_size=m.patch_size,
-            mark_counts=not soft, labels=[f"class {dataset.class_names[c]}" for c in dataset.test_labels[picked]],
+            test_images[picked], weights[picked], out / "routing_maps.png", patch_size=m.patch_size,
+            mark_counts=not soft, labels=[f"class {dataset.class_names[c]}" for c in test_labels[picked]],
             title=f"{name}\ncolour: the patch's expert of largest weight"
             + ("" if soft else "\nnumber: how many experts process the patch"),
         ),

@@ -124,3 +124,19 @@ def open_streaming(name: str, path, *, image_size: int, channels: int, augment: 
         train_ops=ops.train_ops(image_size, channels, augment=augment), eval_ops=ops.eval_ops(image_size, channels),
         info=info,
     )  # fmt: skip
+
+
+def test_arrays(splits: Splits, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The test split decoded into memory with the evaluation ops: (images (n, H, W, ch) float32, labels (n,)).
+
+    With ``limit``, only the first ``limit`` examples of the evaluation order (a hash of each example's bytes,
+    so the subset mixes the classes as the whole split does), returned in stored order. For tools that need
+    the pixels themselves (``train.visualize``): a streamed test split can be far larger than memory.
+    """
+    from .loader import EvalBatches, read_examples
+
+    n = len(splits.test)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be an integer >= 1 or None, got {limit!r}")
+    indices = np.arange(n) if limit is None or limit >= n else np.sort(EvalBatches(splits.test, 1).order[:limit])
+    return read_examples(splits.test, indices, splits.eval_ops, seed=0, epoch=0)
