@@ -5,17 +5,36 @@ here: ``test_expert_parallel.py::test_eight_device_suite`` runs it in a subproce
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8``. That subprocess is started as soon as collection
 finishes (when the test is selected), so that it runs beside the rest of the suite on a second core; the test
 waits for it and reports its output.
+
+Every compiled XLA executable holds a few memory mappings (about 3 on CPU) until JAX's caches drop it, and Linux
+caps a process at ``vm.max_map_count`` mappings (65530 by default). The whole suite in one process compiles
+some 17,000 executables (the conformance properties alone compile each function per shape, dtype and
+precision mode), and when a compilation's ``mmap`` fails, XLA's CPU compiler crashes with SIGSEGV instead of
+raising. So the caches are cleared after every test module (``jax.clear_caches``): each module compiles what
+it uses, and the count of mappings stays far below the cap.
 """
 
+import gc
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 collect_ignore = ["multidevice"]
 
 EIGHT_DEVICE_TEST = "test_expert_parallel.py::test_eight_device_suite"
 _eight_device_run: dict = {}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_compilation_caches():
+    yield
+    import jax
+
+    jax.clear_caches()
+    gc.collect()
 
 
 def start_eight_device_suite() -> subprocess.Popen:
