@@ -6,12 +6,21 @@ import subprocess
 import sys
 import types
 
+import jax
 import numpy as np
 import pytest
 
 import conformance
 import reference
 from conformance.mutants import MUTANTS
+
+
+@pytest.fixture(autouse=True)
+def _fresh_compilation_caches():
+    # One ci run compiles every function per shape, dtype and precision mode (some 7,000 executables, 3 memory
+    # mappings each): cleared after every test here, not only after the module (see conftest.py).
+    yield
+    jax.clear_caches()
 
 
 def test_optimized_conforms_to_the_reference():
