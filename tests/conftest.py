@@ -4,7 +4,7 @@
 here: ``test_expert_parallel.py::test_eight_device_suite`` runs it in a subprocess with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8``. That subprocess is started as soon as collection
 finishes (when the test is selected), so that it runs beside the rest of the suite on a second core; the test
-waits for it and reports its output.
+waits for it and reports its output. Under pytest-xdist (``tox`` runs ``-n 2``) the test starts it.
 
 Every compiled XLA executable holds a few memory mappings (about 3 on CPU) until JAX's caches drop it, and Linux
 caps a process at ``vm.max_map_count`` mappings (65530 by default). The whole suite in one process compiles
@@ -59,7 +59,11 @@ def eight_device_output() -> str:
 
 
 def pytest_collection_finish(session):
-    if any(item.nodeid.endswith(EIGHT_DEVICE_TEST) for item in session.items):
+    # Under pytest-xdist every worker collects every test, so the suite is started by the test itself, in the
+    # one worker that runs it (the other workers keep the second core busy meanwhile).
+    if os.environ.get("PYTEST_XDIST_WORKER") is None and any(
+        item.nodeid.endswith(EIGHT_DEVICE_TEST) for item in session.items
+    ):
         start_eight_device_suite()
 
 

@@ -12,7 +12,7 @@ from train.config import Config, override, resolve
 
 
 def test_eight_device_suite():
-    # started by conftest.py when collection finished, so that it runs beside the rest of the suite
+    # started by conftest.py when collection finished (without xdist), so that it runs beside the rest of the suite
     process = start_eight_device_suite()
     returncode = process.wait(timeout=1800)
     output = eight_device_output()
