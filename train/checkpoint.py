@@ -23,6 +23,7 @@ import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 import equinox as eqx
@@ -67,10 +68,14 @@ def _write_sidecar(step_dir: Path) -> None:
     os.replace(tmp, step_dir / SIDECAR)
 
 
-def _verify(step_dir: Path) -> None:
+def _verify(step_dir: Path, items: tuple[str, ...] = ITEMS) -> None:
+    """Check the files of ``items`` (and the step's own files) against the SHA-256 record."""
     sidecar = step_dir / SIDECAR
     record = json.loads(sidecar.read_text())
+    others = set(ITEMS) - set(items)
+    record = {name: digest for name, digest in record.items() if name.split("/")[0] not in others}
     on_disk = {str(p.relative_to(step_dir)) for p in _files(step_dir)}
+    on_disk = {name for name in on_disk if name.split("/")[0] not in others}
     missing = sorted(set(record) - on_disk)
     if missing:
         raise CorruptCheckpointError(f"checkpoint {step_dir} is missing {missing[0]} (recorded in {SIDECAR}): it "
@@ -103,25 +108,31 @@ def _say(message: str) -> None:
         print(message, file=sys.stderr)
 
 
-def complete_steps(workdir, *, report: bool = False) -> list[int]:
-    """Steps of ``workdir`` with a finished save (orbax's commit marker and the SHA-256 record), oldest first.
-    With ``report``, the steps passed over (an interrupted save) are named on stderr."""
-    directory = directory_of(workdir)
-    if not directory.is_dir():
-        return []
+def _scan(directory: Path) -> tuple[list[int], list[Path]]:
     steps, skipped = [], []
+    if not directory.is_dir():
+        return steps, skipped
     for entry in directory.iterdir():
         if re.fullmatch(r"\d+", entry.name) and entry.is_dir():
             if (entry / COMMIT).exists() and (entry / SIDECAR).exists():
                 steps.append(int(entry.name))
             else:
-                skipped.append(entry.name)
+                skipped.append(entry)
         elif "orbax-checkpoint-tmp" in entry.name:
-            skipped.append(entry.name)
+            skipped.append(entry)
+    return sorted(steps), sorted(skipped)
+
+
+def complete_steps(workdir, *, report: bool = False) -> list[int]:
+    """Steps of ``workdir`` with a finished save (orbax's commit marker and the SHA-256 record), oldest first.
+    With ``report``, the steps passed over (an interrupted save) are named on stderr."""
+    directory = directory_of(workdir)
+    steps, skipped = _scan(directory)
     if report and skipped:
-        _say(f"note: passing over incomplete checkpoint(s) {', '.join(sorted(skipped))} in {directory} (a save "
-             "that did not finish); " + (f"resuming from step {max(steps)}" if steps else "none is complete"))
-    return sorted(steps)
+        names = ", ".join(p.name for p in skipped)
+        _say(f"note: passing over incomplete checkpoint(s) {names} in {directory} (a save that did not finish); "
+             + (f"resuming from step {steps[-1]}" if steps else "none is complete"))
+    return steps
 
 
 def latest(workdir, *, report: bool = False) -> dict | None:
@@ -170,13 +181,12 @@ def restore(meta: dict, like, items: tuple[str, ...] = ITEMS):
     step_dir = Path(meta["path"])
     if not step_dir.exists():
         raise CorruptCheckpointError(f"checkpoint {step_dir} is missing")
-    _verify(step_dir)
+    _verify(step_dir, items)
     likes = (like,) if len(items) == 1 else tuple(like)
     args = {name: ocp.args.StandardRestore(_abstract(tree)) for name, tree in zip(items, likes, strict=True)}
     try:
-        with ocp.CheckpointManager(step_dir.parent, item_names=ITEMS,
-                                   options=ocp.CheckpointManagerOptions(create=False, read_only=True)) as manager:
-            restored = manager.restore(meta["step"], args=ocp.args.Composite(**args))
+        with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as reader:
+            restored = {name: reader.restore(step_dir / name, args=arg) for name, arg in args.items()}
     except CorruptCheckpointError:
         raise
     except Exception as err:  # a checkpoint of another model, or unreadable files of the right digest
@@ -201,6 +211,16 @@ class Checkpoints:
             # we pass over, so the run can say what it found.
             cleanup_tmp_directories=False,
         )  # fmt: skip
+        # Choice: incomplete steps are moved to checkpoints/incomplete/ (not deleted: the run reported them, a
+        # person may look), so the steps they held can be saved again.
+        if jax.process_index() == 0:
+            for path in _scan(self.directory)[1]:
+                (self.directory / "incomplete").mkdir(exist_ok=True)
+                os.replace(path, self.directory / "incomplete" / f"{path.name}-{time.time_ns()}")
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("incomplete checkpoints moved")
         self.manager = ocp.CheckpointManager(self.directory, item_names=ITEMS, options=options)
         self._pending: int | None = None
 

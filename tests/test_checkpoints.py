@@ -1,0 +1,175 @@
+"""Checkpoints (orbax): incomplete saves passed over, the model loaded alone, the old format refused and converted,
+preemption by SIGTERM and by kill -9 (``python -m train`` in a subprocess), gradient accumulation."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import equinox as eqx
+import jax
+import numpy as np
+import pytest
+
+import train
+from train import checkpoint
+from train.config import resolve
+from train.loop import load_data, make_optimizer
+from train.preemption import EXIT_STATUS
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return resolve("tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tiny):
+    return load_data(tiny)
+
+
+def _like(config):
+    from optimized import ViTMoE
+
+    model = ViTMoE(config.model, key=jax.random.key(0))
+    return model, make_optimizer(config)[0].init(eqx.filter(model, eqx.is_array))
+
+
+def _leaves(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(eqx.filter(tree, eqx.is_array))]
+
+
+def _assert_same(a, b):
+    a, b = _leaves(a), _leaves(b)
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(tmp_path_factory, tiny, tiny_data):
+    """A tiny run stopped at step 2 with checkpoints at steps 1 and 2."""
+    workdir = tmp_path_factory.mktemp("run")
+    config = tiny.replace(steps=4, checkpoint_every=1, eval_every=100)
+    train.train_and_evaluate(config, workdir, stop_after=2, progress=False, dataset=tiny_data)
+    assert checkpoint.complete_steps(workdir) == [1, 2]
+    return workdir, config
+
+
+@pytest.mark.parametrize("damage", ["no commit marker", "no SHA-256 record", "temporary directory"])
+def test_an_interrupted_save_is_passed_over_and_the_run_says_so(two_checkpoints, tmp_path, tiny_data, damage, capsys):
+    source, config = two_checkpoints
+    workdir = tmp_path / "run"
+    shutil.copytree(source, workdir)
+    step_dir = workdir / "checkpoints" / "2"
+    if damage == "no commit marker":
+        (step_dir / checkpoint.COMMIT).unlink()
+    elif damage == "no SHA-256 record":
+        (step_dir / checkpoint.SIDECAR).unlink()
+    else:  # orbax writes a step under a temporary name and renames it at the commit
+        step_dir.rename(step_dir.with_name("2.orbax-checkpoint-tmp-1234"))
+    assert checkpoint.latest(workdir)["step"] == 1
+    model, _ = train.load_model(workdir)
+    _assert_same(model, train.load_model(source, 1)[0])
+    assert "passing over incomplete checkpoint(s) 2" in capsys.readouterr().err
+    if damage == "no commit marker":  # resuming starts from step 1 (and saves step 2 again)
+        train.train_and_evaluate(config, workdir, stop_after=3, progress=False, dataset=tiny_data)
+        assert "resuming from step 1" in capsys.readouterr().err
+        assert checkpoint.complete_steps(workdir) == [2, 3]
+        assert [p.name.split("-")[0] for p in (workdir / "checkpoints" / "incomplete").iterdir()] == ["2"]
+
+
+def test_the_model_loads_without_the_optimizer_state(two_checkpoints, tmp_path):
+    source, config = two_checkpoints
+    workdir = tmp_path / "run"
+    shutil.copytree(source, workdir)
+    model, _ = checkpoint.restore(checkpoint.latest(workdir), _like(config))
+    for step_dir in (workdir / "checkpoints").iterdir():
+        shutil.rmtree(step_dir / "opt_state")  # using a model never reads the optimizer's item
+    loaded, loaded_config = train.load_model(workdir)
+    assert loaded_config == config
+    _assert_same(loaded, model)
+    first, _ = train.load_model(workdir, step=1)
+    assert not all(np.array_equal(a, b) for a, b in zip(_leaves(first), _leaves(model), strict=True))
+    with pytest.raises(FileNotFoundError, match=r"no complete checkpoint of step 7 .*complete: \[1, 2\]"):
+        train.load_model(workdir, step=7)
+    with pytest.raises(checkpoint.CorruptCheckpointError, match=r"is missing opt_state/"):
+        checkpoint.restore(checkpoint.latest(workdir), _like(config))  # resuming needs it, and says so
+
+
+def test_old_format_is_refused_with_how_to_convert_and_converts(two_checkpoints, tmp_path, tiny_data):
+    source, config = two_checkpoints
+    workdir = tmp_path / "old"
+    workdir.mkdir()
+    shutil.copy(source / "config.json", workdir / "config.json")
+    (workdir / "checkpoints").mkdir()
+    # a checkpoint as the equinox-format train/checkpoint.py wrote it: step_*.eqx + a .json record
+    state = checkpoint.restore(checkpoint.latest(source), _like(config))
+    path = workdir / "checkpoints" / "step_00000002.eqx"
+    eqx.tree_serialise_leaves(path, state)
+    record = {"step": 2, "sha256": checkpoint._digest(path), "file": path.name}
+    path.with_suffix(".json").write_text(json.dumps(record))
+    with pytest.raises(checkpoint.CorruptCheckpointError, match=r"old format .*`python -m train.checkpoint convert"):
+        train.train_and_evaluate(config, workdir, progress=False, dataset=tiny_data)
+    assert checkpoint.main(["convert", str(workdir)]) == 0
+    assert (workdir / "checkpoints" / "eqx-format" / path.name).exists()
+    _assert_same(checkpoint.restore(checkpoint.latest(workdir), _like(config)), state)
+
+
+# ------------------------------------------------------------------------------------------------ preemption
+
+
+def _wait_for(condition, proc, what, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended (status {proc.returncode}) before {what}: {proc.stderr.read()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _logged_steps(workdir):
+    path = workdir / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_sigterm_and_kill_9_resume_to_the_weights_of_an_uninterrupted_run(tmp_path, tiny_data):
+    steps, options = 150, ("checkpoint_every=10", "eval_every=1000", "log_every=1", "fewshot_draws=1")
+    workdir = tmp_path / "run"
+    command = [sys.executable, "-m", "train", "--preset", "tiny", "--steps", str(steps), "--workdir", str(workdir),
+               "--no-progress", *[a for o in options for a in ("--set", o)]]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+
+    def start():
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+    # SIGTERM: the step in flight finishes, a checkpoint of it is committed, status 75
+    proc = start()
+    _wait_for(lambda: _logged_steps(workdir) >= 3, proc, "3 logged steps")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_STATUS, err
+    stopped = checkpoint.latest(workdir)["step"]
+    assert f"SIGTERM received: stopped after step {stopped}, checkpoint saved" in err and "Traceback" not in err
+    assert 3 <= stopped < steps and _logged_steps(workdir) == stopped
+    # kill -9 after a later checkpoint: the next start resumes from the last complete one
+    proc = start()
+    _wait_for(lambda: (checkpoint.complete_steps(workdir) or [0])[-1] >= stopped + 10, proc, "a new checkpoint")
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    proc = start()
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    config = resolve("tiny", steps=steps, overrides=options)
+    train.train_and_evaluate(config, tmp_path / "straight", progress=False, dataset=tiny_data)
+    like = _like(config)
+    _assert_same(checkpoint.restore(checkpoint.latest(workdir), like),
+                 checkpoint.restore(checkpoint.latest(tmp_path / "straight"), like))  # fmt: skip
+    log = lambda d: [json.loads(line)["loss"] for line in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert log(workdir) == log(tmp_path / "straight")
