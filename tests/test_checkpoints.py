@@ -163,13 +163,48 @@ def test_sigterm_and_kill_9_resume_to_the_weights_of_an_uninterrupted_run(tmp_pa
     proc.kill()
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
-    proc = start()
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
     config = resolve("tiny", steps=steps, overrides=options)
+    # the same command would resume; the function it calls, in this process, saves a third start-up
+    train.train_and_evaluate(config, workdir, progress=False, dataset=tiny_data)
     train.train_and_evaluate(config, tmp_path / "straight", progress=False, dataset=tiny_data)
     like = _like(config)
     _assert_same(checkpoint.restore(checkpoint.latest(workdir), like),
                  checkpoint.restore(checkpoint.latest(tmp_path / "straight"), like))  # fmt: skip
     log = lambda d: [json.loads(line)["loss"] for line in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     assert log(workdir) == log(tmp_path / "straight")
+
+
+# ------------------------------------------------------------------------------------------ a trained model
+
+
+def test_evaluate_and_predict_clis(two_checkpoints, tmp_path, capsys):
+    from PIL import Image
+
+    from train import evaluate, predict
+
+    workdir, _ = two_checkpoints
+    assert evaluate.main(["--workdir", str(workdir), "--set", "model.factor=2"]) == 0
+    out = capsys.readouterr().out
+    assert "step 2 at capacity factor 2: test accuracy" in out and "5-shot linear probe" in out
+    result = evaluate.evaluate_run(workdir, split="train", probe=False)
+    assert result["split"] == "train" and result["num_images"] > 1000 and 0 <= result["accuracy"] <= 1
+    assert evaluate.main(["--workdir", str(workdir), "--set", "learning_rate=1"]) == 1
+    assert "can change model.factor, mesh.data and mesh.expert only" in capsys.readouterr().err
+    # a digit drawn as the digits data has them (light on dark), a second image, and a file that is not an image
+    digit = np.zeros((8, 8), np.uint8)
+    digit[1:7, 3:5] = 255  # a "1"
+    Image.fromarray(digit).save(tmp_path / "one.png")
+    Image.fromarray(255 - digit).save(tmp_path / "paper.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert predict.main(["--workdir", str(workdir), str(tmp_path / "one.png"), str(tmp_path / "paper.png"),
+                         "--invert"]) == 0  # fmt: skip
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith("one.png") and len(out) == 12 and "(class " in out[1]
+    top = predict.predict(workdir, [tmp_path / "one.png", tmp_path / "paper.png"])
+    assert len(top) == 2 and all(len(t) == 5 for t in top)
+    probabilities = [p for *_, p in top[0]]
+    assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1 + 1e-6
+    inverted = predict.predict(workdir, [tmp_path / "paper.png"], invert=True)
+    assert inverted[0][0][:2] == predict.predict(workdir, [tmp_path / "one.png"])[0][0][:2]
+    assert predict.main(["--workdir", str(workdir), str(tmp_path / "notes.txt")]) == 1
+    assert f"error: {tmp_path / 'notes.txt'}: not a readable image" in capsys.readouterr().err
