@@ -167,6 +167,13 @@ def make_mesh(config: Config, devices=None) -> Mesh:
             f"each of the {mesh.size} devices gets {per_device} images, not a multiple of model.group_images "
             f"= {groups}: routing groups would straddle devices"
         )
+    if per_device % (groups * config.accumulate_steps):
+        raise ValueError(
+            f"each of the {mesh.size} devices gets {per_device} images, which accumulate_steps = "
+            f"{config.accumulate_steps} micro-batches cannot share in whole routing groups of {groups} images: "
+            f"batch_size must be a multiple of devices x accumulate_steps x group_images = "
+            f"{mesh.size * config.accumulate_steps * groups}"
+        )
     if not config.model.dense:
         optimized.check_expert_parallel(config.model.num_experts, config.batch_size // groups, data, expert)
     return mesh
@@ -177,38 +184,63 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P((DATA, EXPERT)))
 
 
-def make_step(optimizer, label_smoothing: float, num_classes: int):
+def make_step(optimizer, label_smoothing: float, num_classes: int, accumulate_steps: int = 1, devices: int = 1):
     """The jitted training step ``((images, labels, key), model, opt_state) -> (model, opt_state, metrics)``.
 
     The model and the optimizer state are donated: XLA writes the new ones into their buffers, so a step holds
     one copy of the state, not two. The arguments passed in are invalid afterwards; use the returned ones.
+
+    With ``accumulate_steps`` N > 1 the batch is cut into N micro-batches whose gradients are summed in a
+    ``lax.scan`` before one optimizer update: the large-batch step with 1/N of its activations. Micro-batch i is
+    the i-th block of every one of the ``devices`` devices' rows, so no image changes device and every routing
+    group (consecutive images within a device's rows) is the group it is in the large batch. Micro-batch i
+    draws its routing noise from ``fold_in(key, i)``; without noise the step equals the large-batch step up to
+    float summation order.
     """
+
+    def loss_fn(model, images, labels, key):
+        logits, aux = model(images, key=key)
+        targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+        cross_entropy = optax.softmax_cross_entropy(logits, targets).mean()
+        metrics = {
+            "cross_entropy": cross_entropy,
+            "aux_loss": aux["loss"],
+            "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+            **{f"moe/{name}": value for name, value in aux["moe"].items()},
+        }
+        return cross_entropy + aux["loss"], metrics
+
+    grad_fn = eqx.filter_value_and_grad(loss_fn, has_aux=True)
+
+    def micro(x):  # (B, ...) -> (N, B / N, ...): micro-batch i takes block i of every device's rows
+        per_device = x.shape[0] // devices
+        x = x.reshape(devices, accumulate_steps, per_device // accumulate_steps, *x.shape[1:]).swapaxes(0, 1)
+        return x.reshape(accumulate_steps, devices * x.shape[2], *x.shape[3:])
 
     # Choice: the batch goes first and is not donated: no output has its shape, and JAX warns about donated
     # buffers it cannot reuse.
     @eqx.filter_jit(donate="all-except-first")
     def step_fn(batch, model, opt_state):
         images, labels, key = batch
-        def loss_fn(model):
-            logits, aux = model(images, key=key)
-            targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
-            cross_entropy = optax.softmax_cross_entropy(logits, targets).mean()
-            return cross_entropy + aux["loss"], (cross_entropy, aux, logits)
+        if accumulate_steps == 1:
+            (loss, metrics), grads = grad_fn(model, images, labels, key)
+        else:
+            def body(total, xs):
+                i, images, labels = xs
+                (loss, metrics), grads = grad_fn(model, images, labels, jax.random.fold_in(key, i))
+                return jax.tree.map(jnp.add, total, (loss, metrics, eqx.filter(grads, eqx.is_array))), None
 
-        (loss, (ce, aux, logits)), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(model)
+            xs = (jnp.arange(accumulate_steps), micro(images), micro(labels))
+            zero = jax.tree.map(jnp.zeros_like, eqx.filter_eval_shape(
+                lambda m: grad_fn(m, images[: images.shape[0] // accumulate_steps],
+                                  labels[: labels.shape[0] // accumulate_steps], key), model))  # fmt: skip
+            zero = (zero[0][0], zero[0][1], eqx.filter(zero[1], eqx.is_array))
+            total, _ = jax.lax.scan(body, zero, xs)
+            loss, metrics, grads = jax.tree.map(lambda t: t / accumulate_steps, total)
         updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_array))
         model = eqx.apply_updates(model, updates)
-        metrics = {
-            "loss": loss,
-            "cross_entropy": ce,
-            "aux_loss": aux["loss"],
-            "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
-            "grad_norm": jnp.sqrt(
-                sum(jnp.sum(g**2) for g in jax.tree_util.tree_leaves(eqx.filter(grads, eqx.is_array)))
-            ),
-            **{f"moe/{name}": value for name, value in aux["moe"].items()},
-        }
-        return model, opt_state, metrics
+        grad_norm = jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree_util.tree_leaves(eqx.filter(grads, eqx.is_array))))
+        return model, opt_state, {"loss": loss, **metrics, "grad_norm": grad_norm}
 
     return step_fn
 
@@ -405,7 +437,8 @@ def train_and_evaluate(
     if writer:
         _truncate_metrics(metrics_path, start)
 
-    step_fn = make_step(optimizer, config.label_smoothing, config.model.num_classes)
+    step_fn = make_step(optimizer, config.label_smoothing, config.model.num_classes, config.accumulate_steps,
+                        mesh.size)  # fmt: skip
     # Choice: the data order is drawn from the run's seed, not from data.seed (which fixes the dataset): a study's
     # seeds then vary initialization, data order, noise and probe draws together, and every arm of one seed sees
     # the same order (a paired design).
