@@ -417,7 +417,7 @@ def train_and_evaluate(
     _check_or_write_config(config, workdir, write=False)  # another run's workdir is refused before data is read
     splits = as_splits(load_data(config) if dataset is None else dataset)  # bad data: refused before any write
     workdir.mkdir(parents=True, exist_ok=True)
-    _check_or_write_config(config, workdir)
+    _check_or_write_config(config, workdir, write=jax.process_index() == 0)
     data_sharding = batch_sharding(mesh)
     check_process_rows(data_sharding, config.batch_size)
 
