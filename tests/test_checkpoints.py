@@ -76,9 +76,10 @@ def test_an_interrupted_save_is_passed_over_and_the_run_says_so(two_checkpoints,
     _assert_same(model, train.load_model(source, 1)[0])
     assert "passing over incomplete checkpoint(s) 2" in capsys.readouterr().err
     if damage == "no commit marker":  # resuming starts from step 1 (and saves step 2 again)
-        train.train_and_evaluate(config, workdir, stop_after=3, progress=False, dataset=tiny_data)
+        kept = config.replace(keep_checkpoints_every=2)  # the newest 2, and every even step
+        train.train_and_evaluate(kept, workdir, progress=False, dataset=tiny_data)
         assert "resuming from step 1" in capsys.readouterr().err
-        assert checkpoint.complete_steps(workdir) == [2, 3]
+        assert checkpoint.complete_steps(workdir) == [2, 3, 4]
         assert [p.name.split("-")[0] for p in (workdir / "checkpoints" / "incomplete").iterdir()] == ["2"]
 
 

@@ -67,6 +67,8 @@ class Config:
     # Micro-batches per step: gradients summed over them before one update (the batch_size step, with the
     # activations of batch_size / accumulate_steps images).
     accumulate_steps: int = 1
+    keep_checkpoints: int = 2  # the newest checkpoints kept on disk
+    keep_checkpoints_every: int = 0  # also keep every step that is a multiple of this (0: none)
 
     def replace(self, **changes) -> Config:
         return dataclasses.replace(self, **changes)
@@ -99,11 +101,13 @@ class Config:
                 "each device must hold num_experts / expert whole experts"
             )
         for name in ("steps", "batch_size", "eval_every", "log_every", "checkpoint_every", "fewshot_shots",
-                     "fewshot_draws", "accumulate_steps"):
+                     "fewshot_draws", "accumulate_steps", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.keep_checkpoints_every < 0:
+            raise ValueError(f"keep_checkpoints_every must be >= 0 (0: none), got {self.keep_checkpoints_every}")
         # Every real number is finite and in its range here, before any data is read: a NaN learning rate would
         # otherwise show up only as a NaN loss after the first step.
         positive_real("learning_rate", self.learning_rate)

@@ -355,9 +355,11 @@ def _check_or_write_config(config: Config, workdir: Path, *, write: bool = True)
         except (KeyError, TypeError):
             pass  # not a config of a known shape: the comparison below reports the differences
         current = json.loads(config.to_json())
-        # Choice: the mesh says where the run executes, not what it computes; a run resumes under any mesh.
-        saved.pop("mesh", None)
-        current.pop("mesh")
+        # Choice: the mesh says where the run executes, not what it computes; a run resumes under any mesh. How
+        # many checkpoints are kept is not what it computes either.
+        for name in ("mesh", "keep_checkpoints", "keep_checkpoints_every"):
+            saved.pop(name, None)
+            current.pop(name)
         if saved != current:
             diffs = _diff(saved, current)
             raise ConfigMismatchError(
@@ -457,7 +459,8 @@ def train_and_evaluate(
     first_bad = jnp.zeros((), jnp.int32)
     bad_loss = jnp.zeros((), jnp.float32)
     timer = _Timer(config.batch_size)
-    checkpoints = checkpoint.Checkpoints(workdir)
+    checkpoints = checkpoint.Checkpoints(workdir, keep=config.keep_checkpoints,
+                                         keep_every=config.keep_checkpoints_every or None)  # fmt: skip
     log = open(metrics_path, "a") if writer else None
     try:
         with jax.set_mesh(mesh), SignalGuard() as guard:
