@@ -478,7 +478,7 @@ def time_steps(spec: StudySpec, studydir: Path, *, progress: bool = True) -> dic
         step_fn = make_step(optimizer, config.label_smoothing, config.model.num_classes)
 
         def step(i, state=state, step_fn=step_fn):
-            state[0], state[1], metrics = step_fn(images, state[0], state[1], labels, jax.random.key(i))
+            state[0], state[1], metrics = step_fn((images, labels, jax.random.key(i)), state[0], state[1])
             jax.block_until_ready(metrics["loss"])
 
         step(0)
