@@ -124,7 +124,7 @@ def loader_vs_memory(steps: int, rounds: int) -> dict:
     loader = TrainLoader(from_dataset(dataset).train, config.batch_size, config.seed)
 
     def run(step, images, labels):
-        state[0], state[1], metrics = step_fn(images, state[0], state[1], labels, jax.random.key(step))
+        state[0], state[1], metrics = step_fn((images, labels, jax.random.key(step)), state[0], state[1])
         jax.block_until_ready(metrics["loss"])
 
     def memory_block(first):
@@ -204,7 +204,7 @@ def b32_step(batch: int, repeats: int = 3) -> dict:
     times = []
     for i in range(repeats + 1):
         t0 = time.perf_counter()
-        model, opt_state, metrics = step(images, model, opt_state, labels, jax.random.key(i))
+        model, opt_state, metrics = step((images, labels, jax.random.key(i)), model, opt_state)
         float(metrics["loss"])
         times.append(time.perf_counter() - t0)
     seconds = statistics.median(times[1:])

@@ -36,7 +36,7 @@ def _stepper(config, images, labels):
     step_fn = make_step(optimizer, 0.0, config.model.num_classes)
 
     def run(i):
-        state[0], state[1], metrics = step_fn(images, state[0], state[1], labels, jax.random.key(i))
+        state[0], state[1], metrics = step_fn((images, labels, jax.random.key(i)), state[0], state[1])
         jax.block_until_ready(metrics["loss"])
 
     run(0)  # compile

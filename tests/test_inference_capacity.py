@@ -1,6 +1,8 @@
 """Running a trained MoELayer / ViTMoE at another capacity: ``with_capacity`` and ``python -m train.fewshot
 --capacity-factor``."""
 
+import shutil
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -226,6 +228,6 @@ def test_fewshot_cli_evaluates_at_another_capacity(tmp_path, capsys):
     assert "step 2 at capacity factor 2: 5-shot linear-probe accuracy" in capsys.readouterr().out
     # A bad factor is refused before the weights are read: with the checkpoint file gone, the factor's error
     # still comes first.
-    checkpoint.latest(tmp_path)["path"].unlink()
+    shutil.rmtree(checkpoint.latest(tmp_path)["path"])
     assert main(["--workdir", str(tmp_path), "--capacity-factor", "nan"]) == 1
     assert "error: capacity_factor must be a finite number > 0, got nan" in capsys.readouterr().err

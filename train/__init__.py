@@ -11,4 +11,5 @@ from .config import PRESETS as PRESETS
 from .config import Config as Config
 from .config import DataConfig as DataConfig
 from .config import resolve as resolve
+from .loop import load_model as load_model
 from .loop import train_and_evaluate as train_and_evaluate

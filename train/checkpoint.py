@@ -1,19 +1,52 @@
-"""Checkpoints: written to a temporary file and renamed, with a SHA-256 so a corrupted file is never loaded."""
+"""Checkpoints through orbax's ``CheckpointManager``: asynchronous, sharded, atomic, checked.
+
+    workdir/checkpoints/<step>/model/       the model's arrays (all a trained model needs: ``train.load_model``)
+    workdir/checkpoints/<step>/opt_state/   the optimizer state (only resuming needs it)
+    workdir/checkpoints/<step>/commit_success.txt, sha256.json
+
+Each item is the list of a pytree's array leaves, in ``jax.tree.leaves(eqx.filter(tree, eqx.is_array))`` order: the
+structure comes from the code (model config, optimizer), as with ``eqx.tree_serialise_leaves``. Every process
+writes the shards its devices hold; orbax writes a step to a temporary directory and renames it when every
+process is done (the commit), so a save cut short is never taken for a checkpoint. After the commit, process 0
+records a SHA-256 of every file of the step in ``sha256.json``; a restore checks them and refuses a corrupted
+checkpoint. The batch of a step is a function of (seed, step), so the step is the loader's whole state.
+
+Choice: a step without ``sha256.json`` (the run died between the commit and the record) counts as incomplete,
+like a step without orbax's commit marker: a checkpoint is loaded only when it can be checked. The run says
+which steps it passes over.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
+import sys
+import time
 from pathlib import Path
 
 import equinox as eqx
+import jax
 
-KEEP = 2  # checkpoints kept on disk (the newest ones)
+KEEP = 2  # the newest checkpoints kept on disk
+ITEMS = ("model", "opt_state")
+SIDECAR = "sha256.json"
+COMMIT = "commit_success.txt"  # orbax's commit marker at the root of a finished step
 
 
 class CorruptCheckpointError(RuntimeError):
     pass
+
+
+def _ocp():
+    import orbax.checkpoint as ocp
+
+    return ocp
+
+
+def directory_of(workdir) -> Path:
+    return Path(workdir) / "checkpoints"
 
 
 def _digest(path: Path) -> str:
@@ -24,52 +57,255 @@ def _digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _files(step_dir: Path) -> list[Path]:
+    return sorted(p for p in step_dir.rglob("*") if p.is_file() and p.name != SIDECAR)
 
 
-def save(workdir: Path, step: int, tree) -> Path:
-    """Write ``tree`` (any pytree of arrays, e.g. (model, optimizer state)) as the checkpoint of ``step``."""
-    directory = Path(workdir) / "checkpoints"
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"step_{step:08d}.eqx"
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        eqx.tree_serialise_leaves(f, tree)
-        f.flush()
-        os.fsync(f.fileno())
-    digest = _digest(tmp)
-    os.replace(tmp, path)
-    _atomic_write_text(path.with_suffix(".json"), json.dumps({"step": step, "sha256": digest, "file": path.name}))
-    for old in sorted(directory.glob("step_*.json"))[:-KEEP]:
-        old.unlink()
-        old.with_suffix(".eqx").unlink(missing_ok=True)
-    return path
+def _write_sidecar(step_dir: Path) -> None:
+    record = {str(p.relative_to(step_dir)): _digest(p) for p in _files(step_dir)}
+    tmp = step_dir / (SIDECAR + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
+    os.replace(tmp, step_dir / SIDECAR)
 
 
-def latest(workdir: Path) -> dict | None:
-    """The newest checkpoint's record (``step``, ``sha256``, ``path``), or None when there is none."""
-    directory = Path(workdir) / "checkpoints"
-    for meta_path in sorted(directory.glob("step_*.json"), reverse=True):
-        meta = json.loads(meta_path.read_text())
-        meta["path"] = directory / meta["file"]
-        return meta
-    return None
+def _verify(step_dir: Path, items: tuple[str, ...] = ITEMS) -> None:
+    """Check the files of ``items`` (and the step's own files) against the SHA-256 record."""
+    sidecar = step_dir / SIDECAR
+    record = json.loads(sidecar.read_text())
+    others = set(ITEMS) - set(items)
+    record = {name: digest for name, digest in record.items() if name.split("/")[0] not in others}
+    on_disk = {str(p.relative_to(step_dir)) for p in _files(step_dir)}
+    on_disk = {name for name in on_disk if name.split("/")[0] not in others}
+    missing = sorted(set(record) - on_disk)
+    if missing:
+        raise CorruptCheckpointError(f"checkpoint {step_dir} is missing {missing[0]} (recorded in {SIDECAR}): it "
+                                     "was not loaded. Delete the step's directory to resume from an earlier "
+                                     "checkpoint, or use a new workdir.")  # fmt: skip
+    for name, digest in record.items():
+        if _digest(step_dir / name) != digest:
+            raise CorruptCheckpointError(
+                f"checkpoint {step_dir}: {name} does not match its recorded SHA-256: it is corrupted and was not "
+                f"loaded. Delete {step_dir} to resume from an earlier checkpoint, or use a new workdir."
+            )
 
 
-def restore(meta: dict, like):
-    """Load the checkpoint described by ``meta`` into a pytree shaped like ``like``, after checking its digest."""
-    path = Path(meta["path"])
-    if not path.exists():
-        raise CorruptCheckpointError(f"checkpoint {path} is missing (its record {path.with_suffix('.json')} exists)")
-    if _digest(path) != meta["sha256"]:
+def _legacy(directory: Path) -> list[Path]:
+    return sorted(directory.glob("step_*.eqx"))
+
+
+def _refuse_legacy(directory: Path) -> None:
+    old = _legacy(directory)
+    if old:
         raise CorruptCheckpointError(
-            f"checkpoint {path} does not match its recorded SHA-256: it is corrupted and was not loaded. "
-            f"Delete it and its .json record to resume from an earlier checkpoint, or use a new workdir."
+            f"{directory} holds checkpoints of the old format ({old[-1].name}, equinox-serialised); this version "
+            f"reads orbax checkpoints. Convert them with `python -m train.checkpoint convert {directory.parent}` "
+            "(it keeps the old files in checkpoints/eqx-format/)."
         )
+
+
+def _say(message: str) -> None:
+    if jax.process_index() == 0:
+        print(message, file=sys.stderr)
+
+
+def _scan(directory: Path) -> tuple[list[int], list[Path]]:
+    steps, skipped = [], []
+    if not directory.is_dir():
+        return steps, skipped
+    for entry in directory.iterdir():
+        if re.fullmatch(r"\d+", entry.name) and entry.is_dir():
+            if (entry / COMMIT).exists() and (entry / SIDECAR).exists():
+                steps.append(int(entry.name))
+            else:
+                skipped.append(entry)
+        elif "orbax-checkpoint-tmp" in entry.name:
+            skipped.append(entry)
+    return sorted(steps), sorted(skipped)
+
+
+def complete_steps(workdir, *, report: bool = False) -> list[int]:
+    """Steps of ``workdir`` with a finished save (orbax's commit marker and the SHA-256 record), oldest first.
+    With ``report``, the steps passed over (an interrupted save) are named on stderr."""
+    directory = directory_of(workdir)
+    steps, skipped = _scan(directory)
+    if report and skipped:
+        names = ", ".join(p.name for p in skipped)
+        _say(f"note: passing over incomplete checkpoint(s) {names} in {directory} (a save that did not finish); "
+             + (f"resuming from step {steps[-1]}" if steps else "none is complete"))
+    return steps
+
+
+def latest(workdir, *, report: bool = False) -> dict | None:
+    """The newest complete checkpoint as ``{"step", "path"}``, or None when there is none. Old-format
+    checkpoints are refused with a message saying how to convert them."""
+    directory = directory_of(workdir)
+    if directory.is_dir():
+        _refuse_legacy(directory)
+    steps = complete_steps(workdir, report=report)
+    if not steps:
+        return None
+    return {"step": steps[-1], "path": directory / str(steps[-1])}
+
+
+def _arrays(tree) -> list:
+    return jax.tree.leaves(eqx.filter(tree, eqx.is_array))
+
+
+def _abstract(tree) -> list:
+    def spec(x):
+        sharding = getattr(x, "sharding", None)
+        if sharding is None:
+            sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+    return [spec(x) for x in _arrays(tree)]
+
+
+def _fill(like, leaves: list):
+    arrays, static = eqx.partition(like, eqx.is_array)
+    flat, treedef = jax.tree.flatten(arrays)
+    if len(flat) != len(leaves):
+        raise CorruptCheckpointError(f"the checkpoint holds {len(leaves)} arrays, this model {len(flat)}")
+    for have, want in zip(leaves, flat, strict=True):
+        if have.shape != want.shape or have.dtype != want.dtype:
+            raise CorruptCheckpointError(f"the checkpoint's array {have.shape} {have.dtype} does not fit this "
+                                         f"model's {want.shape} {want.dtype}")  # fmt: skip
+    return eqx.combine(jax.tree.unflatten(treedef, leaves), static)
+
+
+def restore(meta: dict, like, items: tuple[str, ...] = ITEMS):
+    """The checkpoint ``meta`` (from ``latest``) in the shape of ``like``: ``(model, opt_state)`` for both items,
+    the model alone for ``items=("model",)``. Arrays land on the shardings of ``like``'s arrays (restore under any
+    mesh); the files are checked against their SHA-256 first."""
+    ocp = _ocp()
+    step_dir = Path(meta["path"])
+    if not step_dir.exists():
+        raise CorruptCheckpointError(f"checkpoint {step_dir} is missing")
+    _verify(step_dir, items)
+    likes = (like,) if len(items) == 1 else tuple(like)
+    args = {name: ocp.args.StandardRestore(_abstract(tree)) for name, tree in zip(items, likes, strict=True)}
     try:
-        return eqx.tree_deserialise_leaves(path, like)
-    except Exception as err:  # a file of the right digest but the wrong structure
-        raise CorruptCheckpointError(f"checkpoint {path} does not fit this model and optimizer: {err}") from err
+        with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as reader:
+            restored = {name: reader.restore(step_dir / name, args=arg) for name, arg in args.items()}
+    except CorruptCheckpointError:
+        raise
+    except Exception as err:  # a checkpoint of another model, or unreadable files of the right digest
+        raise CorruptCheckpointError(f"checkpoint {step_dir} does not fit this model and optimizer: {err}") from err
+    out = tuple(_fill(tree, list(restored[name])) for name, tree in zip(items, likes, strict=True))
+    return out[0] if len(items) == 1 else out
+
+
+class Checkpoints:
+    """The run's checkpoints: ``save`` returns once the arrays are copied off the devices; files are written in the
+    background while training goes on (``asynchronous``). ``finish`` waits for the last save's commit and records
+    its digests. Keeps the newest ``keep`` and, with ``keep_every``, every step that is a multiple of it."""
+
+    def __init__(self, workdir, *, keep: int = KEEP, keep_every: int | None = None, asynchronous: bool = True):
+        ocp = _ocp()
+        self.directory = directory_of(workdir)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        _refuse_legacy(self.directory)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, keep_period=keep_every, enable_async_checkpointing=asynchronous,
+            # Choice: our own step list (complete_steps) decides what is complete; orbax must not delete a step
+            # we pass over, so the run can say what it found.
+            cleanup_tmp_directories=False,
+        )  # fmt: skip
+        # Choice: incomplete steps are moved to checkpoints/incomplete/ (not deleted: the run reported them, a
+        # person may look), so the steps they held can be saved again.
+        if jax.process_index() == 0:
+            for path in _scan(self.directory)[1]:
+                (self.directory / "incomplete").mkdir(exist_ok=True)
+                os.replace(path, self.directory / "incomplete" / f"{path.name}-{time.time_ns()}")
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("incomplete checkpoints moved")
+        self.manager = ocp.CheckpointManager(self.directory, item_names=ITEMS, options=options)
+        self._pending: int | None = None
+
+    def save(self, step: int, model, opt_state) -> None:
+        ocp = _ocp()
+        self.finish()
+        args = ocp.args.Composite(model=ocp.args.StandardSave(_arrays(model)),
+                                  opt_state=ocp.args.StandardSave(_arrays(opt_state)))  # fmt: skip
+        self.manager.save(step, args=args, force=True)
+        self._pending = step
+
+    def finish(self) -> None:
+        """Wait until the last save is committed, then (process 0) record its files' SHA-256."""
+        if self._pending is None:
+            return
+        self.manager.wait_until_finished()
+        if jax.process_index() == 0:
+            step_dir = self.directory / str(self._pending)
+            if step_dir.exists():  # not deleted since by keep
+                _write_sidecar(step_dir)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"checkpoint {self._pending} recorded")
+        self._pending = None
+
+    def close(self) -> None:
+        self.finish()
+        self.manager.close()
+
+
+def save(workdir, step: int, model, opt_state) -> Path:
+    """Write one checkpoint and wait for it (``Checkpoints`` for a run's repeated, asynchronous saves)."""
+    checkpoints = Checkpoints(workdir, asynchronous=False)
+    checkpoints.save(step, model, opt_state)
+    checkpoints.close()
+    return directory_of(workdir) / str(step)
+
+
+def convert(workdir) -> list[int]:
+    """Rewrite the old-format checkpoints (``checkpoints/step_*.eqx`` + ``.json``) of ``workdir`` as orbax
+    checkpoints, after checking their SHA-256; the old files move to ``checkpoints/eqx-format/``. The structure
+    comes from the workdir's ``config.json``."""
+    from optimized import ViTMoE
+
+    from .config import Config
+    from .loop import make_optimizer
+
+    workdir = Path(workdir)
+    directory = directory_of(workdir)
+    config = Config.from_dict(json.loads((workdir / "config.json").read_text()))
+    model = ViTMoE(config.model, key=jax.random.key(0))
+    opt_state = make_optimizer(config)[0].init(eqx.filter(model, eqx.is_array))
+    old_dir = directory / "eqx-format"
+    loaded = {}
+    for path in _legacy(directory):
+        meta = json.loads(path.with_suffix(".json").read_text())
+        if _digest(path) != meta["sha256"]:
+            raise CorruptCheckpointError(f"{path} does not match its recorded SHA-256: not converted")
+        loaded[int(meta["step"])] = eqx.tree_deserialise_leaves(path, (model, opt_state))
+    for path in _legacy(directory):
+        old_dir.mkdir(exist_ok=True)
+        for p in (path, path.with_suffix(".json")):
+            os.replace(p, old_dir / p.name)
+    for step, (m, o) in sorted(loaded.items()):
+        save(workdir, step, m, o)
+    return sorted(loaded)
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m train.checkpoint",
+                                     description="convert a workdir's old-format checkpoints to orbax")  # fmt: skip
+    parser.add_argument("command", choices=["convert"])
+    parser.add_argument("workdir")
+    args = parser.parse_args(argv)
+    try:
+        steps = convert(args.workdir)
+    except (FileNotFoundError, CorruptCheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"converted steps {steps}" if steps else "nothing to convert")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

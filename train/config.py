@@ -64,6 +64,11 @@ class Config:
     checkpoint_every: int = 250
     fewshot_shots: int = 10
     fewshot_draws: int = 5  # the probe is averaged over this many draws of its shots
+    # Micro-batches per step: gradients summed over them before one update (the batch_size step, with the
+    # activations of batch_size / accumulate_steps images).
+    accumulate_steps: int = 1
+    keep_checkpoints: int = 2  # the newest checkpoints kept on disk
+    keep_checkpoints_every: int = 0  # also keep every step that is a multiple of this (0: none)
 
     def replace(self, **changes) -> Config:
         return dataclasses.replace(self, **changes)
@@ -96,11 +101,13 @@ class Config:
                 "each device must hold num_experts / expert whole experts"
             )
         for name in ("steps", "batch_size", "eval_every", "log_every", "checkpoint_every", "fewshot_shots",
-                     "fewshot_draws"):
+                     "fewshot_draws", "accumulate_steps", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.keep_checkpoints_every < 0:
+            raise ValueError(f"keep_checkpoints_every must be >= 0 (0: none), got {self.keep_checkpoints_every}")
         # Every real number is finite and in its range here, before any data is read: a NaN learning rate would
         # otherwise show up only as a NaN loss after the first step.
         positive_real("learning_rate", self.learning_rate)
@@ -112,6 +119,12 @@ class Config:
             raise ValueError(
                 f"batch_size {self.batch_size} must be a multiple of model.group_images {self.model.group_images} "
                 "(images per routing group)"
+            )
+        groups = 1 if self.model.router == "soft_moe" or self.model.dense else self.model.group_images
+        if self.batch_size % (self.accumulate_steps * groups):
+            raise ValueError(
+                f"batch_size {self.batch_size} must be a multiple of accumulate_steps x model.group_images = "
+                f"{self.accumulate_steps} x {groups}: each micro-batch holds whole routing groups"
             )
         if isinstance(self.data.workers, bool) or not isinstance(self.data.workers, int) or self.data.workers < 0:
             raise ValueError(f"data.workers must be an integer >= 0, got {self.data.workers!r}")

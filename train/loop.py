@@ -35,6 +35,7 @@ from optimized import DATA, EXPERT, ViTMoE
 from . import checkpoint
 from .config import Config
 from .fewshot_probe import fewshot_accuracy
+from .preemption import Preempted, SignalGuard
 
 
 class ConfigMismatchError(ValueError):
@@ -166,6 +167,13 @@ def make_mesh(config: Config, devices=None) -> Mesh:
             f"each of the {mesh.size} devices gets {per_device} images, not a multiple of model.group_images "
             f"= {groups}: routing groups would straddle devices"
         )
+    if per_device % (groups * config.accumulate_steps):
+        raise ValueError(
+            f"each of the {mesh.size} devices gets {per_device} images, which accumulate_steps = "
+            f"{config.accumulate_steps} micro-batches cannot share in whole routing groups of {groups} images: "
+            f"batch_size must be a multiple of devices x accumulate_steps x group_images = "
+            f"{mesh.size * config.accumulate_steps * groups}"
+        )
     if not config.model.dense:
         optimized.check_expert_parallel(config.model.num_experts, config.batch_size // groups, data, expert)
     return mesh
@@ -176,29 +184,63 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P((DATA, EXPERT)))
 
 
-def make_step(optimizer, label_smoothing: float, num_classes: int):
-    @eqx.filter_jit
-    def step_fn(images, model, opt_state, labels, key):
-        def loss_fn(model):
-            logits, aux = model(images, key=key)
-            targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
-            cross_entropy = optax.softmax_cross_entropy(logits, targets).mean()
-            return cross_entropy + aux["loss"], (cross_entropy, aux, logits)
+def make_step(optimizer, label_smoothing: float, num_classes: int, accumulate_steps: int = 1, devices: int = 1):
+    """The jitted training step ``((images, labels, key), model, opt_state) -> (model, opt_state, metrics)``.
 
-        (loss, (ce, aux, logits)), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(model)
-        updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_array))
-        model = eqx.apply_updates(model, updates)
+    The model and the optimizer state are donated: XLA writes the new ones into their buffers, so a step holds
+    one copy of the state, not two. The arguments passed in are invalid afterwards; use the returned ones.
+
+    With ``accumulate_steps`` N > 1 the batch is cut into N micro-batches whose gradients are summed in a
+    ``lax.scan`` before one optimizer update: the large-batch step with 1/N of its activations. Micro-batch i is
+    the i-th block of every one of the ``devices`` devices' rows, so no image changes device and every routing
+    group (consecutive images within a device's rows) is the group it is in the large batch. Micro-batch i
+    draws its routing noise from ``fold_in(key, i)``; without noise the step equals the large-batch step up to
+    float summation order.
+    """
+
+    def loss_fn(model, images, labels, key):
+        logits, aux = model(images, key=key)
+        targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+        cross_entropy = optax.softmax_cross_entropy(logits, targets).mean()
         metrics = {
-            "loss": loss,
-            "cross_entropy": ce,
+            "cross_entropy": cross_entropy,
             "aux_loss": aux["loss"],
             "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
-            "grad_norm": jnp.sqrt(
-                sum(jnp.sum(g**2) for g in jax.tree_util.tree_leaves(eqx.filter(grads, eqx.is_array)))
-            ),
             **{f"moe/{name}": value for name, value in aux["moe"].items()},
         }
-        return model, opt_state, metrics
+        return cross_entropy + aux["loss"], metrics
+
+    grad_fn = eqx.filter_value_and_grad(loss_fn, has_aux=True)
+
+    def micro(x):  # (B, ...) -> (N, B / N, ...): micro-batch i takes block i of every device's rows
+        per_device = x.shape[0] // devices
+        x = x.reshape(devices, accumulate_steps, per_device // accumulate_steps, *x.shape[1:]).swapaxes(0, 1)
+        return x.reshape(accumulate_steps, devices * x.shape[2], *x.shape[3:])
+
+    # Choice: the batch goes first and is not donated: no output has its shape, and JAX warns about donated
+    # buffers it cannot reuse.
+    @eqx.filter_jit(donate="all-except-first")
+    def step_fn(batch, model, opt_state):
+        images, labels, key = batch
+        if accumulate_steps == 1:
+            (loss, metrics), grads = grad_fn(model, images, labels, key)
+        else:
+            def body(total, xs):
+                i, images, labels = xs
+                (loss, metrics), grads = grad_fn(model, images, labels, jax.random.fold_in(key, i))
+                return jax.tree.map(jnp.add, total, (loss, metrics, eqx.filter(grads, eqx.is_array))), None
+
+            xs = (jnp.arange(accumulate_steps), micro(images), micro(labels))
+            zero = jax.tree.map(jnp.zeros_like, eqx.filter_eval_shape(
+                lambda m: grad_fn(m, images[: images.shape[0] // accumulate_steps],
+                                  labels[: labels.shape[0] // accumulate_steps], key), model))  # fmt: skip
+            zero = (zero[0][0], zero[0][1], eqx.filter(zero[1], eqx.is_array))
+            total, _ = jax.lax.scan(body, zero, xs)
+            loss, metrics, grads = jax.tree.map(lambda t: t / accumulate_steps, total)
+        updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_array))
+        model = eqx.apply_updates(model, updates)
+        grad_norm = jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree_util.tree_leaves(eqx.filter(grads, eqx.is_array))))
+        return model, opt_state, {"loss": loss, **metrics, "grad_norm": grad_norm}
 
     return step_fn
 
@@ -313,9 +355,11 @@ def _check_or_write_config(config: Config, workdir: Path, *, write: bool = True)
         except (KeyError, TypeError):
             pass  # not a config of a known shape: the comparison below reports the differences
         current = json.loads(config.to_json())
-        # Choice: the mesh says where the run executes, not what it computes; a run resumes under any mesh.
-        saved.pop("mesh", None)
-        current.pop("mesh")
+        # Choice: the mesh says where the run executes, not what it computes; a run resumes under any mesh. How
+        # many checkpoints are kept is not what it computes either.
+        for name in ("mesh", "keep_checkpoints", "keep_checkpoints_every"):
+            saved.pop(name, None)
+            current.pop(name)
         if saved != current:
             diffs = _diff(saved, current)
             raise ConfigMismatchError(
@@ -338,10 +382,17 @@ def _diff(a, b, prefix=""):
     return out
 
 
+def _replicated(value) -> np.ndarray:
+    """A replicated array's value on this host (every process holds all of it: no gathering)."""
+    if isinstance(value, jax.Array) and not value.is_fully_addressable:
+        value = value.addressable_data(0)
+    return np.asarray(value)
+
+
 def _to_host(metrics: dict) -> dict:
     out = {}
     for name, value in metrics.items():
-        value = np.asarray(value)
+        value = _replicated(value)
         out[name] = value.tolist() if value.ndim else float(value)
     return out
 
@@ -368,7 +419,7 @@ def train_and_evaluate(
     _check_or_write_config(config, workdir, write=False)  # another run's workdir is refused before data is read
     splits = as_splits(load_data(config) if dataset is None else dataset)  # bad data: refused before any write
     workdir.mkdir(parents=True, exist_ok=True)
-    _check_or_write_config(config, workdir)
+    _check_or_write_config(config, workdir, write=jax.process_index() == 0)
     data_sharding = batch_sharding(mesh)
     check_process_rows(data_sharding, config.batch_size)
 
@@ -377,16 +428,19 @@ def train_and_evaluate(
     model = ViTMoE(config.model, key=init_key)
     optimizer, schedule = make_optimizer(config)
     opt_state = optimizer.init(eqx.filter(model, eqx.is_array))
+    model, opt_state = jax.device_put((model, opt_state), optimized.shardings((model, opt_state), mesh))
     start = 0
-    meta = checkpoint.latest(workdir)
-    if meta is not None:
+    meta = checkpoint.latest(workdir, report=True)
+    if meta is not None:  # restored straight onto this mesh's shardings, each process reading its shards
         model, opt_state = checkpoint.restore(meta, (model, opt_state))
         start = meta["step"]
-    model, opt_state = jax.device_put((model, opt_state), optimized.shardings((model, opt_state), mesh))
     metrics_path = workdir / "metrics.jsonl"
-    _truncate_metrics(metrics_path, start)
+    writer = jax.process_index() == 0  # logs, plots and the summary are written once
+    if writer:
+        _truncate_metrics(metrics_path, start)
 
-    step_fn = make_step(optimizer, config.label_smoothing, config.model.num_classes)
+    step_fn = make_step(optimizer, config.label_smoothing, config.model.num_classes, config.accumulate_steps,
+                        mesh.size)  # fmt: skip
     # Choice: the data order is drawn from the run's seed, not from data.seed (which fixes the dataset): a study's
     # seeds then vary initialization, data order, noise and probe draws together, and every arm of one seed sees
     # the same order (a paired design).
@@ -397,60 +451,121 @@ def train_and_evaluate(
     loader = TrainLoader(splits.train, config.batch_size, config.seed, splits.train_ops, jax.process_index(),
                          jax.process_count(), config.data.workers)  # fmt: skip
     end = config.steps if stop_after is None else min(stop_after, config.steps)
-    bar = progress_bar(end, start, progress)
-    images_seen, timed_seconds, last_good = 0, 0.0, start
+    bar = progress_bar(end, start, progress and writer)
     test_accuracy = float("nan")
-    with open(metrics_path, "a") as log, jax.set_mesh(mesh):
-        for step, (local_images, local_labels) in zip(range(start, end), loader.batches(start, end), strict=True):
-            images = global_batch(local_images, data_sharding, config.batch_size)
-            labels = global_batch(local_labels, data_sharding, config.batch_size)
-            t0 = time.perf_counter()
-            model, opt_state, metrics = step_fn(images, model, opt_state, labels, jax.random.fold_in(train_key, step))
-            loss = float(metrics["loss"])  # also waits for the step
-            if step > start:  # the first step compiles
-                timed_seconds += time.perf_counter() - t0
-                images_seen += config.batch_size
-            if not math.isfinite(loss):
-                bar.close()
-                raise NonFiniteLossError(
-                    f"the loss became {loss} at step {step + 1}; stopped without saving. The last good checkpoint "
-                    f"(step {last_good}) is in {workdir / 'checkpoints'}"
-                )
-            done = step + 1
-            record = None
-            if done % config.log_every == 0 or done == end:
-                record = {"step": done, **_to_host(metrics), "learning_rate": float(schedule(step))}
-                record["images_per_second"] = images_seen / timed_seconds if timed_seconds else None
-            if done % config.eval_every == 0 or done == config.steps:
-                test_accuracy = evaluate_accuracy(model, splits.test, splits.test.labels, config.batch_size,
-                                                  data_sharding, splits.eval_ops, config.data.workers)  # fmt: skip
-                record = (record or {"step": done}) | {"test_accuracy": test_accuracy}
-            if record is not None:
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-            if done % config.checkpoint_every == 0 or done == end:
-                checkpoint.save(workdir, done, (model, opt_state))
-                last_good = done
-            tested = "-" if math.isnan(test_accuracy) else f"{test_accuracy:.3f}"
-            bar.set_postfix_str(f"loss {loss:.3f} batch acc {float(metrics['accuracy']):.3f} test acc {tested}",
-                                refresh=False)
-            bar.update(1)
+    # Choice: no device->host transfer on a step that neither logs, evaluates nor saves. The step's loss is
+    # checked on the device: ``first_bad`` keeps the first step whose loss was not finite (0: none yet), read on
+    # the host before anything is logged or saved, so no checkpoint ever holds weights past a non-finite loss.
+    first_bad = jnp.zeros((), jnp.int32)
+    bad_loss = jnp.zeros((), jnp.float32)
+    timer = _Timer(config.batch_size)
+    checkpoints = checkpoint.Checkpoints(workdir, keep=config.keep_checkpoints,
+                                         keep_every=config.keep_checkpoints_every or None)  # fmt: skip
+    log = open(metrics_path, "a") if writer else None
+    try:
+        with jax.set_mesh(mesh), SignalGuard() as guard:
+            for step, (local_images, local_labels) in zip(range(start, end), loader.batches(start, end),
+                                                          strict=True):  # fmt: skip
+                images = global_batch(local_images, data_sharding, config.batch_size)
+                labels = global_batch(local_labels, data_sharding, config.batch_size)
+                batch = (images, labels, jax.random.fold_in(train_key, step))
+                model, opt_state, metrics = step_fn(batch, model, opt_state)
+                first_bad, bad_loss = _note_non_finite(first_bad, bad_loss, metrics["loss"], step + 1)
+                done = step + 1
+                timer.stepped(done, metrics["loss"], first=step == start)
+                stop = guard.should_stop()
+                log_now = done % config.log_every == 0 or done == end
+                eval_now = done % config.eval_every == 0 or done == config.steps
+                save_now = done % config.checkpoint_every == 0 or done == end or stop
+                if log_now or eval_now or save_now:
+                    _check_finite(first_bad, bad_loss, checkpoints, workdir, bar)
+                record = None
+                if log_now:
+                    host = _to_host(metrics)
+                    record = {"step": done, **host, "learning_rate": float(schedule(step)),
+                              "images_per_second": timer.rate()}  # fmt: skip
+                    bar.set_postfix_str(f"loss {host['loss']:.3f} batch acc {host['accuracy']:.3f}", refresh=False)
+                if eval_now:
+                    test_accuracy = evaluate_accuracy(model, splits.test, splits.test.labels, config.batch_size,
+                                                      data_sharding, splits.eval_ops, config.data.workers)  # fmt: skip
+                    record = (record or {"step": done}) | {"test_accuracy": test_accuracy}
+                if record is not None and log is not None:
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                if save_now:
+                    checkpoints.save(done, model, opt_state)
+                bar.update(1)
+                if stop:
+                    checkpoints.close()
+                    bar.close()
+                    raise Preempted(done, guard.seen or "a signal (on another process)", workdir)
+            checkpoints.close()
+            if guard.should_stop():  # a signal during the last step's save: the run is complete, say so anyway
+                raise Preempted(end, guard.seen or "a signal (on another process)", workdir)
+    finally:
+        checkpoints.manager.close()
+        if log is not None:
+            log.close()
     bar.close()
+    images_per_second = timer.rate()
     if end < config.steps:
         return {"step": end, "stopped_early": True}
 
-    with jax.set_mesh(mesh):
+    with jax.set_mesh(mesh), SignalGuard() as guard:
         if math.isnan(test_accuracy):  # resumed at the very end
             test_accuracy = evaluate_accuracy(model, splits.test, splits.test.labels, config.batch_size,
                                               data_sharding, splits.eval_ops, config.data.workers)  # fmt: skip
         probe = fewshot(model, splits, config, data_sharding)
-    summary = summarize(config, workdir, test_accuracy, probe, images_seen / timed_seconds if timed_seconds else None)
+        if guard.should_stop():  # the checkpoint of the last step is saved: rerunning only evaluates
+            raise Preempted(end, guard.seen or "a signal (on another process)", workdir)
+    if not writer:
+        return {"step": end, "test_accuracy": test_accuracy, "fewshot_accuracy": probe["accuracy"]}
+    summary = summarize(config, workdir, test_accuracy, probe, images_per_second)
     summary |= {"num_test": len(splits.test), "fewshot_num_test": probe["num_test"]}
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     from .plots import plot_run
 
     plot_run(workdir)
     return summary
+
+
+@jax.jit
+def _note_non_finite(first_bad, bad_loss, loss, step):
+    new = (first_bad == 0) & ~jnp.isfinite(loss)
+    return jnp.where(new, step, first_bad), jnp.where(new, loss.astype(jnp.float32), bad_loss)
+
+
+def _check_finite(first_bad, bad_loss, checkpoints, workdir: Path, bar) -> None:
+    """Stop, naming the step, if a loss since the last check was NaN or infinite (nothing is saved after it)."""
+    step = int(_replicated(first_bad))
+    if step:
+        checkpoints.close()  # the last good checkpoint is complete and checked before the error is raised
+        bar.close()
+        good = checkpoint.latest(workdir)
+        raise NonFiniteLossError(
+            f"the loss became {float(_replicated(bad_loss))} at step {step}; stopped without saving. The last good "
+            f"checkpoint (step {good['step'] if good else 'none'}) is in {workdir / 'checkpoints'}"
+        )
+
+
+class _Timer:
+    """Images per second over the steps after the first (which compiles), measured when the rate is asked for
+    (a log step, which waits for the device anyway)."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size, self.t0, self.from_step, self.last = batch_size, None, None, None
+
+    def stepped(self, done: int, loss, *, first: bool) -> None:
+        self.last = (done, loss)
+        if first:
+            jax.block_until_ready(loss)
+            self.t0, self.from_step = time.perf_counter(), done
+
+    def rate(self):
+        if self.last is None or self.from_step is None or self.last[0] == self.from_step:
+            return None
+        jax.block_until_ready(self.last[1])
+        return (self.last[0] - self.from_step) * self.batch_size / (time.perf_counter() - self.t0)
 
 
 def summarize(config: Config, workdir: Path, test_accuracy: float, probe: dict, images_per_second) -> dict:
@@ -486,28 +601,55 @@ def summarize(config: Config, workdir: Path, test_accuracy: float, probe: dict, 
     }
 
 
-def load_trained(workdir, config: Config | None = None, *, capacity_factor: float | None = None):
-    """``(model, config, step)``: the run in ``workdir`` at its last checkpoint (weights checked by SHA-256).
+def _saved_config(workdir: Path) -> Config:
+    config_path = workdir / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{config_path} not found: {workdir} is not a training workdir")
+    return Config.from_dict(json.loads(config_path.read_text()))
+
+
+def load_model(workdir, step: int | None = None, *, config: Config | None = None,
+               capacity_factor: float | None = None):  # fmt: skip
+    """``(model, config)``: the trained model of the run in ``workdir``, from its model-only checkpoint item (the
+    optimizer state is never read), checked by SHA-256. ``step`` None: the last complete checkpoint.
 
     ``config`` defaults to the workdir's ``config.json``; pass one to load the same weights into a model built
-    differently (another mesh, more Sinkhorn iterations: any change that keeps the arrays' shapes).
-    ``capacity_factor`` runs the trained model at another capacity (``ViTMoE.with_capacity``); it is checked
-    before the weights are read.
+    differently (more Sinkhorn iterations: any change that keeps the arrays' shapes). ``capacity_factor`` runs the
+    trained model at another capacity (``ViTMoE.with_capacity``); it is checked before the weights are read. The
+    arrays land on one device; ``jax.device_put(model, optimized.shardings(model, mesh))`` spreads them.
+
+        model, config = train.load_model("workdirs/digits-softmax_expert_choice-1-s0")
+        logits, _ = model(images, inference=True)   # images: (B, H, W, channels), as train.data prepares them
     """
     workdir = Path(workdir)
-    config_path = workdir / "config.json"
-    if config is None:
-        if not config_path.exists():
-            raise FileNotFoundError(f"{config_path} not found: {workdir} is not a training workdir")
-        config = Config.from_dict(json.loads(config_path.read_text()))
-    meta = checkpoint.latest(workdir)
-    if meta is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
+    config = _saved_config(workdir) if config is None else config
     model = ViTMoE(config.model, key=jax.random.key(0))
     if capacity_factor is not None:
         model = model.with_capacity(capacity_factor)  # static fields only: the restore below fills the arrays
-    opt_state = make_optimizer(config)[0].init(eqx.filter(model, eqx.is_array))
-    model, _ = checkpoint.restore(meta, (model, opt_state))
+    if step is None:
+        meta = checkpoint.latest(workdir, report=True)
+        if meta is None:
+            raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
+    else:
+        if step not in checkpoint.complete_steps(workdir):
+            raise FileNotFoundError(f"no complete checkpoint of step {step} in {workdir / 'checkpoints'} (complete: "
+                                    f"{checkpoint.complete_steps(workdir) or 'none'})")  # fmt: skip
+        meta = {"step": step, "path": checkpoint.directory_of(workdir) / str(step)}
+    model = checkpoint.restore(meta, model, items=("model",))
+    return model, config
+
+
+def load_trained(workdir, config: Config | None = None, *, capacity_factor: float | None = None):
+    """``(model, config, step)``: ``load_model`` at the last checkpoint, with its step."""
+    workdir = Path(workdir)
+    meta = checkpoint.latest(workdir)
+    if config is None:
+        config = _saved_config(workdir)
+    if capacity_factor is not None:
+        ViTMoE(config.model, key=jax.random.key(0)).with_capacity(capacity_factor)  # a bad factor: refused first
+    if meta is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
+    model, config = load_model(workdir, meta["step"], config=config, capacity_factor=capacity_factor)
     return model, config, meta["step"]
 
 

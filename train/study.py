@@ -46,6 +46,7 @@ from . import paper
 from .checkpoint import CorruptCheckpointError
 from .config import Config, resolve
 from .loop import ConfigMismatchError, NonFiniteLossError, _check_or_write_config, load_data, train_and_evaluate
+from .preemption import EXIT_STATUS, Preempted
 
 TOKEN_CHOICE = ("softmax_token_choice", "sinkhorn_token_choice")
 EXPERT_CHOICE = ("softmax_expert_choice", "sinkhorn_expert_choice", "sparsity_constrained_expert_choice")
@@ -477,7 +478,7 @@ def time_steps(spec: StudySpec, studydir: Path, *, progress: bool = True) -> dic
         step_fn = make_step(optimizer, config.label_smoothing, config.model.num_classes)
 
         def step(i, state=state, step_fn=step_fn):
-            state[0], state[1], metrics = step_fn(images, state[0], state[1], labels, jax.random.key(i))
+            state[0], state[1], metrics = step_fn((images, labels, jax.random.key(i)), state[0], state[1])
             jax.block_until_ready(metrics["loss"])
 
         step(0)
@@ -1197,6 +1198,9 @@ def main(argv=None) -> int:
           f"seeds), {steps} steps each", file=sys.stderr)  # fmt: skip
     try:
         out = run_study(spec, studydir, progress=not args.no_progress, command=command)
+    except Preempted as stop:  # the run in progress saved its step; the same command continues the study
+        print(f"stopped: {stop}", file=sys.stderr)
+        return EXIT_STATUS
     except (ConfigMismatchError, CorruptCheckpointError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

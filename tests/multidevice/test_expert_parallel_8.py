@@ -113,7 +113,7 @@ def _train_steps(config, mesh_shape, steps=3):
         for step in range(steps):
             images = jax.device_put(dataset.train_images[step * 16 : (step + 1) * 16], batch_sharding(mesh))
             labels = jax.device_put(dataset.train_labels[step * 16 : (step + 1) * 16], batch_sharding(mesh))
-            model, opt_state, metrics = step_fn(images, model, opt_state, labels, jax.random.key(step))
+            model, opt_state, metrics = step_fn((images, labels, jax.random.key(step)), model, opt_state)
             losses.append(float(metrics["loss"]))
     # expert weights stay sharded over the expert axis through the optimizer update
     w1 = model.pairs.second.moe.experts.w1

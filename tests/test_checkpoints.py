@@ -1,0 +1,248 @@
+"""Checkpoints (orbax): incomplete saves passed over, the model loaded alone, the old format refused and converted,
+preemption by SIGTERM and by kill -9 (``python -m train`` in a subprocess), gradient accumulation."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import equinox as eqx
+import jax
+import numpy as np
+import pytest
+
+import train
+from train import checkpoint
+from train.config import resolve
+from train.loop import load_data, make_optimizer
+from train.preemption import EXIT_STATUS
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return resolve("tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tiny):
+    return load_data(tiny)
+
+
+def _like(config):
+    from optimized import ViTMoE
+
+    model = ViTMoE(config.model, key=jax.random.key(0))
+    return model, make_optimizer(config)[0].init(eqx.filter(model, eqx.is_array))
+
+
+def _leaves(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(eqx.filter(tree, eqx.is_array))]
+
+
+def _assert_same(a, b):
+    a, b = _leaves(a), _leaves(b)
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(tmp_path_factory, tiny, tiny_data):
+    """A tiny run stopped at step 2 with checkpoints at steps 1 and 2."""
+    workdir = tmp_path_factory.mktemp("run")
+    config = tiny.replace(steps=4, checkpoint_every=1, eval_every=100)
+    train.train_and_evaluate(config, workdir, stop_after=2, progress=False, dataset=tiny_data)
+    assert checkpoint.complete_steps(workdir) == [1, 2]
+    return workdir, config
+
+
+@pytest.mark.parametrize("damage", ["no commit marker", "no SHA-256 record", "temporary directory"])
+def test_an_interrupted_save_is_passed_over_and_the_run_says_so(two_checkpoints, tmp_path, tiny_data, damage, capsys):
+    source, config = two_checkpoints
+    workdir = tmp_path / "run"
+    shutil.copytree(source, workdir)
+    step_dir = workdir / "checkpoints" / "2"
+    if damage == "no commit marker":
+        (step_dir / checkpoint.COMMIT).unlink()
+    elif damage == "no SHA-256 record":
+        (step_dir / checkpoint.SIDECAR).unlink()
+    else:  # orbax writes a step under a temporary name and renames it at the commit
+        step_dir.rename(step_dir.with_name("2.orbax-checkpoint-tmp-1234"))
+    assert checkpoint.latest(workdir)["step"] == 1
+    model, _ = train.load_model(workdir)
+    _assert_same(model, train.load_model(source, 1)[0])
+    assert "passing over incomplete checkpoint(s) 2" in capsys.readouterr().err
+    if damage == "no commit marker":  # resuming starts from step 1 (and saves step 2 again)
+        kept = config.replace(keep_checkpoints_every=2)  # the newest 2, and every even step
+        train.train_and_evaluate(kept, workdir, progress=False, dataset=tiny_data)
+        assert "resuming from step 1" in capsys.readouterr().err
+        assert checkpoint.complete_steps(workdir) == [2, 3, 4]
+        assert [p.name.split("-")[0] for p in (workdir / "checkpoints" / "incomplete").iterdir()] == ["2"]
+
+
+def test_the_model_loads_without_the_optimizer_state(two_checkpoints, tmp_path):
+    source, config = two_checkpoints
+    workdir = tmp_path / "run"
+    shutil.copytree(source, workdir)
+    model, _ = checkpoint.restore(checkpoint.latest(workdir), _like(config))
+    for step_dir in (workdir / "checkpoints").iterdir():
+        shutil.rmtree(step_dir / "opt_state")  # using a model never reads the optimizer's item
+    loaded, loaded_config = train.load_model(workdir)
+    assert loaded_config == config
+    _assert_same(loaded, model)
+    first, _ = train.load_model(workdir, step=1)
+    assert not all(np.array_equal(a, b) for a, b in zip(_leaves(first), _leaves(model), strict=True))
+    with pytest.raises(FileNotFoundError, match=r"no complete checkpoint of step 7 .*complete: \[1, 2\]"):
+        train.load_model(workdir, step=7)
+    with pytest.raises(checkpoint.CorruptCheckpointError, match=r"is missing opt_state/"):
+        checkpoint.restore(checkpoint.latest(workdir), _like(config))  # resuming needs it, and says so
+
+
+def test_old_format_is_refused_with_how_to_convert_and_converts(two_checkpoints, tmp_path, tiny_data):
+    source, config = two_checkpoints
+    workdir = tmp_path / "old"
+    workdir.mkdir()
+    shutil.copy(source / "config.json", workdir / "config.json")
+    (workdir / "checkpoints").mkdir()
+    # a checkpoint as the equinox-format train/checkpoint.py wrote it: step_*.eqx + a .json record
+    state = checkpoint.restore(checkpoint.latest(source), _like(config))
+    path = workdir / "checkpoints" / "step_00000002.eqx"
+    eqx.tree_serialise_leaves(path, state)
+    record = {"step": 2, "sha256": checkpoint._digest(path), "file": path.name}
+    path.with_suffix(".json").write_text(json.dumps(record))
+    with pytest.raises(checkpoint.CorruptCheckpointError, match=r"old format .*`python -m train.checkpoint convert"):
+        train.train_and_evaluate(config, workdir, progress=False, dataset=tiny_data)
+    assert checkpoint.main(["convert", str(workdir)]) == 0
+    assert (workdir / "checkpoints" / "eqx-format" / path.name).exists()
+    _assert_same(checkpoint.restore(checkpoint.latest(workdir), _like(config)), state)
+
+
+# ------------------------------------------------------------------------------------------------ preemption
+
+
+def _wait_for(condition, proc, what, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended (status {proc.returncode}) before {what}: {proc.stderr.read()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _logged_steps(workdir):
+    path = workdir / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_sigterm_and_kill_9_resume_to_the_weights_of_an_uninterrupted_run(tmp_path, tiny_data):
+    steps, options = 150, ("checkpoint_every=25", "eval_every=1000", "log_every=1", "fewshot_draws=1")
+    workdir = tmp_path / "run"
+    command = [sys.executable, "-m", "train", "--preset", "tiny", "--steps", str(steps), "--workdir", str(workdir),
+               "--no-progress", *[a for o in options for a in ("--set", o)]]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+
+    def start():
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+    # SIGTERM: the step in flight finishes, a checkpoint of it is committed, status 75
+    proc = start()
+    _wait_for(lambda: _logged_steps(workdir) >= 3, proc, "3 logged steps")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_STATUS, err
+    stopped = checkpoint.latest(workdir)["step"]
+    assert f"SIGTERM received: stopped after step {stopped}, checkpoint saved" in err and "Traceback" not in err
+    assert 3 <= stopped < steps and _logged_steps(workdir) == stopped
+    # kill -9 after a later checkpoint: the next start resumes from the last complete one
+    proc = start()
+    _wait_for(lambda: (checkpoint.complete_steps(workdir) or [0])[-1] > stopped, proc, "a new checkpoint")
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    config = resolve("tiny", steps=steps, overrides=options)
+    # the same command would resume; the function it calls, in this process, saves a third start-up
+    train.train_and_evaluate(config, workdir, progress=False, dataset=tiny_data)
+    train.train_and_evaluate(config, tmp_path / "straight", progress=False, dataset=tiny_data)
+    like = _like(config)
+    _assert_same(checkpoint.restore(checkpoint.latest(workdir), like),
+                 checkpoint.restore(checkpoint.latest(tmp_path / "straight"), like))  # fmt: skip
+    log = lambda d: [json.loads(line)["loss"] for line in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert log(workdir) == log(tmp_path / "straight")
+
+
+# ------------------------------------------------------------------------------------------ a trained model
+
+
+def test_evaluate_and_predict_clis(two_checkpoints, tmp_path, capsys):
+    from PIL import Image
+
+    from train import evaluate, predict
+
+    workdir, _ = two_checkpoints
+    assert evaluate.main(["--workdir", str(workdir), "--set", "model.factor=2"]) == 0
+    out = capsys.readouterr().out
+    assert "step 2 at capacity factor 2: test accuracy" in out and "5-shot linear probe" in out
+    result = evaluate.evaluate_run(workdir, split="train", probe=False)
+    assert result["split"] == "train" and result["num_images"] > 1000 and 0 <= result["accuracy"] <= 1
+    assert evaluate.main(["--workdir", str(workdir), "--set", "learning_rate=1"]) == 1
+    assert "can change model.factor, mesh.data and mesh.expert only" in capsys.readouterr().err
+    # a digit drawn as the digits data has them (light on dark), a second image, and a file that is not an image
+    digit = np.zeros((8, 8), np.uint8)
+    digit[1:7, 3:5] = 255  # a "1"
+    Image.fromarray(digit).save(tmp_path / "one.png")
+    Image.fromarray(255 - digit).save(tmp_path / "paper.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert predict.main(["--workdir", str(workdir), str(tmp_path / "one.png"), str(tmp_path / "paper.png"),
+                         "--invert"]) == 0  # fmt: skip
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith("one.png") and len(out) == 12 and "(class " in out[1]
+    top = predict.predict(workdir, [tmp_path / "one.png", tmp_path / "paper.png"])
+    assert len(top) == 2 and all(len(t) == 5 for t in top)
+    probabilities = [p for *_, p in top[0]]
+    assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1 + 1e-6
+    inverted = predict.predict(workdir, [tmp_path / "paper.png"], invert=True)
+    assert inverted[0][0][:2] == predict.predict(workdir, [tmp_path / "one.png"])[0][0][:2]
+    assert predict.main(["--workdir", str(workdir), str(tmp_path / "notes.txt")]) == 1
+    assert f"error: {tmp_path / 'notes.txt'}: not a readable image" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------- gradient accumulation
+
+
+def test_gradient_accumulation_equals_the_large_batch_step(tiny_data):
+    from optimized import ViTMoE
+    from train.loop import batch_sharding, make_mesh, make_step
+
+    config = resolve("tiny", batch_size=16, overrides=("model.noise_std=0",))
+    mesh = make_mesh(config)
+
+    def run(accumulate):
+        model = ViTMoE(config.model, key=jax.random.key(0))
+        optimizer = make_optimizer(config)[0]
+        opt_state = optimizer.init(eqx.filter(model, eqx.is_array))
+        step_fn = make_step(optimizer, 0.0, config.model.num_classes, accumulate, mesh.size)
+        losses = []
+        with jax.set_mesh(mesh):
+            for step in range(3):
+                images = jax.device_put(tiny_data.train_images[16 * step : 16 * step + 16], batch_sharding(mesh))
+                labels = jax.device_put(tiny_data.train_labels[16 * step : 16 * step + 16], batch_sharding(mesh))
+                model, opt_state, metrics = step_fn((images, labels, jax.random.key(step)), model, opt_state)
+                losses.append(float(metrics["loss"]))
+        return losses, _leaves(model)
+
+    losses, params = run(1)
+    for accumulate in (2,):  # (4 compiles another step: 15 s more for the same property)
+        losses_n, params_n = run(accumulate)
+        np.testing.assert_allclose(losses_n, losses, rtol=1e-5, err_msg=f"accumulate_steps={accumulate}")
+        for a, b in zip(params_n, params, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=f"accumulate_steps={accumulate}")
+    with pytest.raises(ValueError, match=r"batch_size 16 must be a multiple of accumulate_steps x model.group_images"
+                       r" = 3 x 2"):  # fmt: skip
+        resolve("tiny", batch_size=16, overrides=("accumulate_steps=3",))
+    with pytest.raises(ValueError, match=r"accumulate_steps must be >= 1, got 0"):
+        resolve("tiny", overrides=("accumulate_steps=0",))
