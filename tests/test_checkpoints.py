@@ -59,6 +59,17 @@ def two_checkpoints(tmp_path_factory, tiny, tiny_data):
     return workdir, config
 
 
+def test_a_relative_workdir_saves_and_loads(two_checkpoints, tmp_path, monkeypatch, tiny_data):
+    # `python -m train` takes a relative --workdir (its default is workdirs/NAME); orbax refuses relative paths
+    source, config = two_checkpoints
+    shutil.copytree(source, tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    model, _ = train.load_model("run")
+    checkpoint.save("copy", 2, model, _like(config)[1])
+    assert checkpoint.complete_steps("copy") == [2]
+    _assert_same(train.load_model("copy", config=config)[0], model)
+
+
 @pytest.mark.parametrize("damage", ["no commit marker", "no SHA-256 record", "temporary directory"])
 def test_an_interrupted_save_is_passed_over_and_the_run_says_so(two_checkpoints, tmp_path, tiny_data, damage, capsys):
     source, config = two_checkpoints

@@ -46,7 +46,9 @@ def _ocp():
 
 
 def directory_of(workdir) -> Path:
-    return Path(workdir) / "checkpoints"
+    """``workdir/checkpoints``, absolute: orbax refuses relative paths (``python -m train`` takes a relative
+    ``--workdir``)."""
+    return Path(workdir).absolute() / "checkpoints"
 
 
 def _digest(path: Path) -> str:
