@@ -257,3 +257,12 @@ def test_gradient_accumulation_equals_the_large_batch_step(tiny_data):
         resolve("tiny", batch_size=16, overrides=("accumulate_steps=3",))
     with pytest.raises(ValueError, match=r"accumulate_steps must be >= 1, got 0"):
         resolve("tiny", overrides=("accumulate_steps=0",))
+
+
+def test_a_batch_larger_than_the_data_is_refused_before_anything_is_written(tmp_path, tiny, tiny_data):
+    small = train.data.from_arrays(
+        tiny_data.train_images[:8], tiny_data.train_labels[:8], tiny_data.test_images[:8], tiny_data.test_labels[:8]
+    )
+    with pytest.raises(ValueError, match=r"batch_size 16 is larger than the 8 training examples"):
+        train.train_and_evaluate(tiny.replace(batch_size=16), tmp_path / "run", progress=False, dataset=small)
+    assert not (tmp_path / "run").exists()  # nothing written: the same workdir takes the corrected command

@@ -418,6 +418,9 @@ def train_and_evaluate(
     mesh = make_mesh(config)  # a mesh that does not fit the devices, the batch or E fails before anything is written
     _check_or_write_config(config, workdir, write=False)  # another run's workdir is refused before data is read
     splits = as_splits(load_data(config) if dataset is None else dataset)  # bad data: refused before any write
+    if len(splits.train) < config.batch_size:
+        raise ValueError(f"batch_size {config.batch_size} is larger than the {len(splits.train)} training examples "
+                         f"of the {splits.name} data; set --batch-size")  # fmt: skip
     workdir.mkdir(parents=True, exist_ok=True)
     _check_or_write_config(config, workdir, write=jax.process_index() == 0)
     data_sharding = batch_sharding(mesh)
