@@ -37,6 +37,21 @@ def _fresh_compilation_caches():
     gc.collect()
 
 
+@pytest.fixture(scope="module")
+def tiny():
+    """The ``tiny`` preset: the seconds-long configuration the training tests run."""
+    from train.config import resolve
+
+    return resolve("tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tiny):
+    from train.loop import load_data
+
+    return load_data(tiny)
+
+
 def start_eight_device_suite() -> subprocess.Popen:
     if "process" not in _eight_device_run:
         root = Path(__file__).resolve().parent.parent

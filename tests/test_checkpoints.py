@@ -17,18 +17,8 @@ import pytest
 import train
 from train import checkpoint
 from train.config import resolve
-from train.loop import load_data, make_optimizer
+from train.loop import make_optimizer
 from train.preemption import EXIT_STATUS
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return resolve("tiny")
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tiny):
-    return load_data(tiny)
 
 
 def _like(config):

@@ -15,17 +15,7 @@ import pytest
 import train
 from train import checkpoint
 from train.config import override, resolve
-from train.loop import ConfigMismatchError, NonFiniteLossError, load_data
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return resolve("tiny")
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tiny):
-    return load_data(tiny)
+from train.loop import ConfigMismatchError, NonFiniteLossError
 
 
 def saved_params(workdir, config):
