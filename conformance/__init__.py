@@ -11,6 +11,8 @@ of the project that holds both.
 """
 
 from ._checks import TOLERANCES as TOLERANCES
+from ._coverage import API as API
+from ._coverage import NotCovered as NotCovered
 from ._properties import PROPERTIES as PROPERTIES
 from ._runner import PROFILES as PROFILES
 from ._runner import Outcome as Outcome

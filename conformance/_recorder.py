@@ -44,7 +44,11 @@ class Recorder:
                 def call(*args, **kwargs):
                     entry = [alias, name, args, kwargs, None]
                     recorder.calls.append(entry)
-                    result = value(*args, **kwargs)
+                    try:
+                        result = value(*args, **kwargs)
+                    except Exception as err:
+                        entry[4] = err  # the runner reads it (an adapter's NotCovered: the call did not count)
+                        raise
                     entry[4] = result
                     return result
 
@@ -59,7 +63,7 @@ class Recorder:
         for i, (alias, name, args, kwargs, result) in enumerate(self.calls):
             rendered = [_literal(a, names) for a in args] + [f"{k}={_literal(v, names)}" for k, v in kwargs.items()]
             var = f"r{i}"
-            if result is not None:
+            if result is not None and not isinstance(result, Exception):
                 names[id(result)] = var
             lines.append(f"{var} = {alias}.{name}({', '.join(rendered)})")
         return "\n".join(lines)

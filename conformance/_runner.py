@@ -11,10 +11,11 @@ import types
 
 import hypothesis
 import numpy as np
-from hypothesis import HealthCheck, Phase, example, given, settings
+from hypothesis import HealthCheck, Phase, example, given, reject, settings
 from hypothesis.errors import Unsatisfiable
 from hypothesis.reporting import with_reporter
 
+from ._coverage import NotCovered, declared, is_covered
 from ._properties import PROPERTIES, ROUTERS, Context, Property
 from ._recorder import Recorder
 
@@ -68,18 +69,43 @@ def _precision_context(impl: types.ModuleType, dtype: str):
 def run_property(
     prop: Property, router: str | None, impl, ref, profile: str, shrink: bool = True, dtype: str = "float64"
 ) -> Outcome:
+    """One property on one router. With an adapter (``impl.COVERS``, see ``_coverage``), an example counts only
+    if it called the library's own code. If the first example's calls all went to delegated functions, the
+    property is ``n/a`` at once: the calls a property makes depend on the property and the router, not on the
+    drawn values, except for properties marked ``calls_vary`` (the bad-input cases), whose delegated examples
+    are discarded one by one. An example the adapter refuses with ``NotCovered`` is discarded. A property
+    with no example left is ``n/a``, with the reason."""
     label = router or "-"
     if prop.needs and not hasattr(impl, prop.needs):
         return Outcome(prop.name, prop.group, label, "n/a", message=f"the implementation has no {prop.needs}")
+    covers = declared(impl)
     recorder = Recorder()
     ctx = Context(recorder.wrap(impl, "impl"), recorder.wrap(ref, "ref"), impl, ref, np.dtype(dtype))
     count = 0
+    delegated: list[str] = []  # set when the first example reached only delegated functions
+    outside: list[str] = []  # the adapter's NotCovered messages
 
     def body(case):
         nonlocal count
-        count += 1
+        if delegated:
+            reject()
         recorder.clear()
-        prop.check(ctx, case, router)
+        try:
+            prop.check(ctx, case, router)
+        except NotCovered as err:
+            outside.append(str(err))
+            reject()
+        own = [(n, a, k) for alias, n, a, k, r in recorder.calls if alias == "impl" and not isinstance(r, NotCovered)]
+        if covers is not None and not any(is_covered(covers, *call) for call in own):
+            if prop.calls_vary:
+                outside.append("every drawn case reached only functions delegated to the reference")
+                reject()
+            delegated.extend(
+                sorted({n if n != "route" else f"route({a[0] if a else k.get('router')})" for n, a, k in own})
+                or ["no function of the implementation"]
+            )
+            reject()
+        count += 1
 
     test = given(prop.strategy(router))(body)
     for case in prop.examples:
@@ -93,13 +119,31 @@ def run_property(
         with with_reporter(reports.append):
             test()
     except Unsatisfiable as err:
+        if count == 0 and delegated:
+            return Outcome(
+                prop.name,
+                prop.group,
+                label,
+                "n/a",
+                message=f"reaches only functions delegated to the reference: {', '.join(delegated)}",
+            )
+        if count == 0 and outside:
+            return Outcome(prop.name, prop.group, label, "n/a", message=f"outside the library: {outside[0]}")
         return Outcome(prop.name, prop.group, label, "failed", count, f"too many cases discarded: {err}")
     except Exception as err:
         modules = {"impl": impl.__name__, "ref": ref.__name__}
         return Outcome(
-            prop.name, prop.group, label, "failed", count, f"{type(err).__name__}: {err}",
+            prop.name, prop.group, label, "failed", count + 1, f"{type(err).__name__}: {err}",
             "\n".join(str(r) for r in reports), recorder.snippet(modules),
         )  # fmt: skip
+    if count == 0 and delegated:  # every example discarded without Hypothesis complaining (explicit ones only)
+        return Outcome(
+            prop.name,
+            prop.group,
+            label,
+            "n/a",
+            message=f"reaches only functions delegated to the reference: {', '.join(delegated)}",
+        )
     return Outcome(prop.name, prop.group, label, "passed", count)
 
 

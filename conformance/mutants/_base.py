@@ -12,11 +12,7 @@ import numpy as np
 
 import reference
 
-API = (
-    "ROUTERS", "capacity", "softmax_affinity", "sinkhorn_affinity", "sparse_ot_affinity", "token_choice_allocation",
-    "expert_choice_allocation", "soft_moe_routing", "route", "mlp_experts", "moe_layer", "importance_loss",
-    "load_loss",
-)  # fmt: skip
+from .._coverage import API
 
 
 def build(name: str, doc: str, *, sinkhorn_combine: str = "softmax", **overrides) -> types.ModuleType:
