@@ -8,8 +8,9 @@ import time
 
 from tqdm import tqdm
 
+from ._coverage import declared, describe
 from ._properties import ROUTERS
-from ._runner import PROFILES, failure_report, run, table
+from ._runner import PROFILES, failure_report, load, run, table
 
 
 def main(argv=None) -> int:
@@ -23,8 +24,9 @@ def main(argv=None) -> int:
     parser.add_argument("--router", action="append", choices=ROUTERS, help="only this router (repeatable)")
     parser.add_argument("--property", action="append", help="only this property (repeatable)")
     parser.add_argument(
-        "--dtype", default="float64", choices=("float64", "float32"),
-        help="float64 (default) lets a JAX implementation compute in float64; float32 checks its default dtype",
+        "--dtype", default=None, choices=("float64", "float32"),
+        help="float64 lets a JAX implementation compute in float64; float32 judges by float32 tolerances. Default: "
+        "the implementation's DTYPE if it declares one (an adapter: the dtype its library computes in), else float64",
     )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -40,15 +42,17 @@ def main(argv=None) -> int:
         bar.update(done - bar.n)
 
     try:
+        impl = load(args.impl)
+        dtype = args.dtype or getattr(impl, "DTYPE", "float64")
         outcomes = run(
-            args.impl, args.ref, profile=args.profile, routers=args.router, properties=args.property,
-            dtype=args.dtype, progress=progress,
+            impl, args.ref, profile=args.profile, routers=args.router, properties=args.property,
+            dtype=dtype, progress=progress,
         )  # fmt: skip
     except ValueError as err:
         bar.close()
         parser.error(str(err))
     bar.close()
-    print(f"\n{args.impl} against {args.ref}: profile {args.profile}, {args.dtype}\n")
+    print(f"\n{args.impl} against {args.ref}: profile {args.profile}, {dtype}; covers {describe(declared(impl))}\n")
     print(table(outcomes))
     failed = [o for o in outcomes if o.status == "failed"]
     passed = sum(o.status == "passed" for o in outcomes)
