@@ -8,7 +8,7 @@ import time
 
 from tqdm import tqdm
 
-from ._coverage import declared, describe
+from ._coverage import declared, describe, require_library
 from ._properties import ROUTERS
 from ._runner import PROFILES, failure_report, load, run, table
 
@@ -44,6 +44,10 @@ def main(argv=None) -> int:
     try:
         impl = load(args.impl)
         dtype = args.dtype or getattr(impl, "DTYPE", "float64")
+        installed = require_library(impl)
+        if installed is not None and installed != impl.VERSION:
+            print(f"note: {impl.LIBRARY} {installed} is installed; {impl.__name__}'s findings were traced in "
+                  f"{impl.VERSION}", file=sys.stderr)  # fmt: skip
         outcomes = run(
             impl, args.ref, profile=args.profile, routers=args.router, properties=args.property,
             dtype=dtype, progress=progress,

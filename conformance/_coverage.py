@@ -13,6 +13,7 @@ capacity factor the library has no way to express); the runner discards that exa
 
 from __future__ import annotations
 
+import importlib.metadata
 from collections.abc import Mapping
 
 from reference import ROUTERS
@@ -68,3 +69,20 @@ def describe(covers) -> str:
     if covers is None:
         return "everything"
     return ", ".join(name if r is None else f"{name} ({', '.join(r)})" for name, r in covers.items())
+
+
+def require_library(impl) -> str | None:
+    """An adapter's library must be installed before any work: returns its installed version (None for an
+    implementation that names no ``LIBRARY``), or raises ValueError saying how to install it."""
+    library = getattr(impl, "LIBRARY", None)
+    if library is None:
+        return None
+    try:
+        return importlib.metadata.version(library)
+    except importlib.metadata.PackageNotFoundError:
+        pinned = getattr(impl, "VERSION", None)
+        raise ValueError(
+            f"{impl.__name__} checks the library {library}, which is not installed: pip install "
+            f"'{library}=={pinned}' (the version its findings were traced in; constraints/adapters.txt), or run "
+            f"tox -e adapters"
+        ) from None

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, Phase, example, given, reject, settings
 from hypothesis.errors import Unsatisfiable
 from hypothesis.reporting import with_reporter
 
-from ._coverage import NotCovered, declared, is_covered
+from ._coverage import NotCovered, declared, is_covered, require_library
 from ._properties import PROPERTIES, ROUTERS, Context, Property
 from ._recorder import Recorder
 
@@ -176,6 +176,8 @@ def run(
         if name not in known:
             raise ValueError(f"unknown property {name!r}; known: {', '.join(sorted(known))}")
     impl, ref = load(impl), load(ref)
+    require_library(impl)
+    declared(impl)  # a malformed COVERS is refused before any work
     jobs = []
     for prop in PROPERTIES:
         if properties and prop.name not in properties:
