@@ -87,6 +87,22 @@ def assert_equal(what: str, actual, expected) -> None:
         )
 
 
+def zero_one(what: str, dispatch, dtype) -> np.ndarray:
+    """``dispatch`` as an exact 0/1 float64 array, refused unless every entry is 0 or 1 up to ``dtype``'s atol.
+
+    A dispatch tensor is 0/1 by definition, but a library may form it in floating point (a straight-through
+    ``(d + c) - c`` gives 0.99999994 in float32): that is rounding, not a different routing, and must not decide a
+    verdict. Every exact comparison of dispatch tensors goes through this first.
+    """
+    d = host(dispatch).astype(np.float64)
+    nearest = np.clip(np.round(d), 0.0, 1.0)
+    off = np.abs(d - nearest)
+    if off.size and off.max() > TOLERANCES[np.dtype(dtype)]["atol"]:
+        first = tuple(int(i) for i in np.unravel_index(off.argmax(), off.shape))
+        raise AssertionError(f"{what} is not 0/1: entry {first} is {d[first]!r}")
+    return nearest
+
+
 def check(condition: bool, message: str) -> None:
     if not condition:
         raise AssertionError(message)

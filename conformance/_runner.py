@@ -58,8 +58,9 @@ def load(name_or_module) -> types.ModuleType:
 
 
 def _precision_context(impl: types.ModuleType, dtype: str):
-    """float64: let a JAX implementation compute in float64 (the suite's inputs are float64 arrays)."""
-    if dtype == "float64" and "jax" in sys.modules:
+    """float64: let a JAX implementation compute in float64 (the suite's inputs are float64 arrays). An adapter
+    imports its library lazily, so one that declares ``FRAMEWORK = "JAX"`` counts even before jax is loaded."""
+    if dtype == "float64" and ("jax" in sys.modules or getattr(impl, "FRAMEWORK", None) == "JAX"):
         import jax
 
         return jax.enable_x64(True)
@@ -134,7 +135,7 @@ def run_property(
         modules = {"impl": impl.__name__, "ref": ref.__name__}
         return Outcome(
             prop.name, prop.group, label, "failed", count + 1, f"{type(err).__name__}: {err}",
-            "\n".join(str(r) for r in reports), recorder.snippet(modules),
+            "\n".join([*(str(r) for r in reports), *getattr(err, "__notes__", ())]), recorder.snippet(modules),
         )  # fmt: skip
     if count == 0 and delegated:  # every example discarded without Hypothesis complaining (explicit ones only)
         return Outcome(
