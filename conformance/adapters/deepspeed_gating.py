@@ -27,9 +27,9 @@ else delegates to the reference (``n/a`` in the report).
 
 Settings (``SETTINGS`` says the same, one line each): capacity factor 1 (the spec's ``C = round(k T / E)`` is a
 capacity factor of 1 per choice; the library multiplies by k itself), ``min_capacity = 0`` (the spec has no
-minimum; the gates require the argument, and ``TopKGate``'s default of 8, or ``MoE``'s 4, would raise every
-capacity of the suite's groups), ``drop_tokens=True`` (the library's default: capacity is enforced), and the
-randomness off: ``noisy_gate_policy=None``, ``use_rts=False`` (no random token selection), and
+minimum; the gates require the argument; ``TopKGate``'s default of 8 would raise every k = 1 capacity of the suite's
+groups, 3 or 4, to 8, and ``MoE``'s 4 would raise 3 to 4), ``drop_tokens=True`` (the library's default: capacity
+is enforced), and the randomness off: ``noisy_gate_policy=None``, ``use_rts=False`` (no random token selection), and
 ``top2_2nd_expert_sampling=False`` (the second expert by argmax, not Gumbel sampling). ``ep_group=None``: one
 process. Importing deepspeed on a CPU-only machine logs a warning that it chose its CPU accelerator; nothing had to
 be set for it.
@@ -57,7 +57,7 @@ SETTINGS = (
     "capacity_factor=1.0: the spec's Token Choice capacity round(k T / E) is a capacity factor of 1 per choice; "
     "the gates multiply it by k themselves (top2gating: capacity_factor * 2; topkgating: capacity_factor * k)",
     "min_capacity=0: the spec has no minimum capacity; the gates take it as a required argument (top1gating's own "
-    "assertion message suggests 0), and TopKGate's default 8 (MoE's 4) would raise every capacity of T <= 24 tokens",
+    "assertion message suggests 0); TopKGate's default 8 (MoE's 4) would raise the suite's small capacities (3 to 8)",
     "drop_tokens=True (the default): the capacity is enforced, as in the spec",
     "noisy_gate_policy=None: no Gumbel noise on the top-1 choice (the spec's noise is passed explicitly instead)",
     "use_rts=False: no Random Token Selection in top1gating (its default is True, a uniform draw per token)",
