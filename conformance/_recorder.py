@@ -63,7 +63,9 @@ class Recorder:
         for i, (alias, name, args, kwargs, result) in enumerate(self.calls):
             rendered = [_literal(a, names) for a in args] + [f"{k}={_literal(v, names)}" for k, v in kwargs.items()]
             var = f"r{i}"
-            if result is not None and not isinstance(result, Exception):
+            # Only arrays and tuples are named: Python numbers are shared objects (every 1 has one id), so naming
+            # them would print a later literal 1 as this call's result.
+            if isinstance(result, np.ndarray | tuple) or hasattr(result, "shape"):
                 names[id(result)] = var
             lines.append(f"{var} = {alias}.{name}({', '.join(rendered)})")
         return "\n".join(lines)

@@ -133,9 +133,13 @@ def run_property(
         return Outcome(prop.name, prop.group, label, "failed", count, f"too many cases discarded: {err}")
     except Exception as err:
         modules = {"impl": impl.__name__, "ref": ref.__name__}
+        # Hypothesis attaches the shrunk case to the exception's notes; several distinct failures come as a group.
+        errors = list(err.exceptions) if isinstance(err, BaseExceptionGroup) else [err]
+        message = "\n".join(f"{type(e).__name__}: {e}" for e in errors)
+        notes = [n for e in [err, *errors] for n in getattr(e, "__notes__", ())]
         return Outcome(
-            prop.name, prop.group, label, "failed", count + 1, f"{type(err).__name__}: {err}",
-            "\n".join([*(str(r) for r in reports), *getattr(err, "__notes__", ())]), recorder.snippet(modules),
+            prop.name, prop.group, label, "failed", count + 1, message,
+            "\n".join([*(str(r) for r in reports), *notes]), recorder.snippet(modules),
         )  # fmt: skip
     if count == 0 and delegated:  # every example discarded without Hypothesis complaining (explicit ones only)
         return Outcome(

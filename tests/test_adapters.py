@@ -170,7 +170,7 @@ def test_the_report_names_each_failure_s_finding_and_flags_unexplained_and_stale
     ]  # fmt: skip
     text = report.render({"toy": (toy, outcomes, 1.0)}, "ci")
     assert "| `route_equivalence` | **failed** (softmax TC) [1] |" in text
-    assert "[1] **variant**: renormalizes the top-2 gates (`lib/gate.py:42`)" in text
+    assert "[1] **variant**: renormalizes the top-2 gates (`lib/gate.py:42`). Fails: `route_equivalence`" in text
     assert "Falsifying example: case={'x': 1}" in text
     assert "**UNEXPLAINED**: `route_capacity`" in text and "**STALE FINDING**" in text
     assert "| `token_choice_capacity` | passed |" in text and "sinkhorn_marginals` |" not in text

@@ -48,26 +48,29 @@ def describe(adapter) -> str:
 
 
 def explain(adapter, outcomes: list[Outcome]):
-    """Pair each failure with its Finding; returns (explained [(outcome, finding)], unexplained, stale findings)."""
+    """Pair each failure with the Findings that explain it; returns (explained [(outcome, [findings])],
+    unexplained outcomes, stale findings). A failure can have several causes (a capacity rounded up hides an
+    order of dropping behind it): every Finding that names the failed (property, router) explains it, and a
+    Finding is stale only if it names nothing that failed."""
     explained, unexplained, used = [], [], set()
     for o in outcomes:
         if o.status != "failed":
             continue
         matches = [f for f in adapter.FINDINGS if f.explains(o.property, o.router)]
         if matches:
-            explained.append((o, matches[0]))
-            used.add(id(matches[0]))
+            explained.append((o, matches))
+            used.update(id(f) for f in matches)
         else:
             unexplained.append(o)
     stale = [f for f in adapter.FINDINGS if id(f) not in used]
     return explained, unexplained, stale
 
 
-def cell(outcomes: list[Outcome], notes: dict[tuple[str, str], int]) -> str:
+def cell(name: str, outcomes: list[Outcome], notes: dict[tuple[str, str, str], list[int]]) -> str:
     """One property's outcome for one library, over the routers it covers: failed routers are named."""
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
-        refs = sorted({notes[(o.property, o.router)] for o in failed if (o.property, o.router) in notes})
+        refs = sorted({n for o in failed for n in notes.get((name, o.property, o.router), ())})
         where = ", ".join(SHORT.get(o.router, "any") for o in failed)
         return f"**failed** ({where})" + "".join(f" [{n}]" for n in refs)
     passed = [o for o in outcomes if o.status == "passed"]
@@ -79,12 +82,12 @@ def cell(outcomes: list[Outcome], notes: dict[tuple[str, str], int]) -> str:
 def render(results: dict[str, tuple[object, list[Outcome], float]], profile: str) -> str:
     """The matrix (property x library) and, below it, every failure's cause, verdict and counterexample."""
     names = list(results)
-    notes: dict[tuple[str, str], int] = {}  # (property, router) -> note number; one note per Finding
-    numbers: dict[int, int] = {}
+    notes: dict[tuple[str, str, str], list[int]] = {}  # (library, property, router) -> note numbers
+    numbers: dict[int, int] = {}  # one note per Finding
     for name in names:
         adapter, outcomes, _ = results[name]
-        for o, finding in explain(adapter, outcomes)[0]:
-            notes[(o.property, o.router)] = numbers.setdefault(id(finding), len(numbers) + 1)
+        for o, findings in explain(adapter, outcomes)[0]:
+            notes[(name, o.property, o.router)] = [numbers.setdefault(id(f), len(numbers) + 1) for f in findings]
     lines = [
         f"Measured with `python -m conformance.adapters --report` (profile `{profile}`; each library judged by the "
         "tolerances of the dtype it computes in). `passed`: the library's own code was checked on every example; "
@@ -102,7 +105,7 @@ def render(results: dict[str, tuple[object, list[Outcome], float]], profile: str
     lines += ["", "| property | " + " | ".join(f"`{n}`" for n in names) + " |", "|---" * (len(names) + 1) + "|"]
     properties = list(dict.fromkeys(o.property for name in names for o in results[name][1]))
     for prop in properties:
-        cells = [cell([o for o in results[name][1] if o.property == prop], notes) for name in names]
+        cells = [cell(name, [o for o in results[name][1] if o.property == prop], notes) for name in names]
         if all(c == "n/a" for c in cells):
             continue
         lines.append(f"| `{prop}` | " + " | ".join(cells) + " |")
@@ -115,25 +118,35 @@ def render(results: dict[str, tuple[object, list[Outcome], float]], profile: str
             continue
         lines += [f"#### `{name}` ({adapter.LIBRARY} {adapter.VERSION})", ""]
         by_finding: dict[int, list[Outcome]] = {}
-        for o, finding in explained:
-            by_finding.setdefault(id(finding), []).append(o)
+        for o, findings in explained:
+            for finding in findings:
+                by_finding.setdefault(id(finding), []).append(o)
         for finding in adapter.FINDINGS:
             failed = by_finding.get(id(finding))
             if not failed:
                 continue
-            n = notes[(failed[0].property, failed[0].router)]
-            which = ", ".join(f"`{o.property}`" + (f" [{o.router}]" if o.router != "-" else "") for o in failed)
-            lines += [f"[{n}] **{finding.verdict}**: {finding.cause} (`{finding.where}`)", "", f"Fails: {which}.",
-                      "", "Shrunk counterexample of the first:", "", "```", _short(failed[0]), "```", ""]  # fmt: skip
+            which = ", ".join(_label(o) for o in failed)
+            lines += [f"[{numbers[id(finding)]}] **{finding.verdict}**: {finding.cause} (`{finding.where}`). "
+                      f"Fails: {which}.", ""]  # fmt: skip
         for o in unexplained:
-            lines += [f"**UNEXPLAINED**: `{o.property}` [{o.router}]: {o.message}", "", "```", _short(o), "```", ""]
+            lines += [f"**UNEXPLAINED**: {_label(o)}: {o.message}", ""]
         for finding in stale:
             lines += [f"**STALE FINDING** (nothing failed that it explains): {finding.properties}: {finding.cause}", ""]
+        lines += ["<details><summary>The failures as measured: message and shrunk counterexample</summary>", ""]
+        for o in outcomes:
+            if o.status == "failed":
+                lines += [f"{_label(o)}:", "", "```", _short(o), "```", ""]
+        lines += ["</details>", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _short(o: Outcome, limit: int = 1200) -> str:
-    text = (o.counterexample or o.message).strip()
+def _label(o: Outcome) -> str:
+    return f"`{o.property}`" + (f" [{o.router}]" if o.router != "-" else "")
+
+
+def _short(o: Outcome, limit: int = 1500) -> str:
+    """The failure's message and Hypothesis's shrunk case, cut to ``limit`` characters."""
+    text = f"{o.message.strip()}\n{o.counterexample.strip()}".strip()
     return text if len(text) <= limit else text[:limit] + " ..."
 
 
