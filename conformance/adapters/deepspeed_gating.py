@@ -98,7 +98,9 @@ FINDINGS = (
         properties=("rejects_bad_input_like_the_reference",),
         verdict="no validation",
         cause="capacity(3, 32, 1): ceil(3 / 32) = 1, so a group too small for its experts gets capacity 1 instead "
-        "of an error (the spec's Choice [capacity-below-one] raises; the gates accept any T >= min_capacity).",
+        "of an error (the spec's Choice [capacity-below-one] raises; the gates accept any T >= min_capacity). The "
+        "gates check no input either: a W of the wrong width fails inside TopKGate's matmul with torch's "
+        "RuntimeError, not an error naming the argument.",
         where=_WHERE.format("158-162"),
     ),
     Finding(

@@ -116,6 +116,14 @@ FINDINGS = (
         where="praxis/gshard_utils.py:718-723, 798 (praxis 1.4.0)",
         routers=("softmax_expert_choice",),
     ),
+    Finding(
+        properties=("rejects_bad_input_like_the_reference",),
+        verdict="no validation",
+        cause="The gating functions check no input: NaN tokens give NaN gates, and since the dispatch tensor is the "
+        "combine tensor cast to bool (NaN is true), every token is dispatched to every slot of every expert with "
+        "weight NaN (T = 4, E = 2, k = 1: 8 dispatches per token), where the spec raises a ValueError",
+        where="praxis/gshard_utils.py:498, 652 (topk_gating_on_logits; top2_gating_on_logits: 177, 401) (praxis 1.4.0)",
+    ),
 )
 
 

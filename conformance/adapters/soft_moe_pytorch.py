@@ -74,7 +74,6 @@ FINDINGS = (
         "done here as RMSNorm with a per-dimension gamma. No option turns it off (use_layernorm=True swaps in "
         "LayerNorm, still not eq. (10)).",
         where="soft_moe_pytorch/soft_moe.py:70-77,297-300,330-335 (soft-moe-pytorch 0.1.9)",
-        routers=("soft_moe",),
     ),
     Finding(
         properties=("rejects_bad_input_like_the_reference",),
