@@ -64,6 +64,15 @@ def main(argv=None) -> int:
           f"in {time.perf_counter() - start:.0f} s")  # fmt: skip
     if failed:
         print("\n" + failure_report(outcomes))
+    if failed and hasattr(impl, "FINDINGS"):  # an adapter: say which failures its library's findings explain
+        from .adapters._base import explain
+
+        explained, unexplained, _ = explain(impl, outcomes)
+        for o, findings in explained:
+            for f in findings:
+                print(f"{o.property} [{o.router}]: {f.verdict}: {f.cause} ({f.where})")
+        for o in unexplained:
+            print(f"{o.property} [{o.router}]: not explained by {impl.__name__}.FINDINGS")
     return 1 if failed else 0
 
 

@@ -21,6 +21,7 @@ from .. import _coverage
 from .._properties import ROUTERS
 from .._runner import PROFILES, Outcome, run
 from . import ADAPTERS
+from ._base import explain
 
 BEGIN, END = "<!-- adapters-matrix: begin -->", "<!-- adapters-matrix: end -->"
 SHORT = {r: r.replace("_expert_choice", " EC").replace("_token_choice", " TC") for r in ROUTERS}
@@ -45,25 +46,6 @@ def describe(adapter) -> str:
              f"  covers: {_coverage.describe(_coverage.declared(adapter))}"]  # fmt: skip
     lines += [f"  setting: {s}" for s in adapter.SETTINGS]
     return "\n".join(lines)
-
-
-def explain(adapter, outcomes: list[Outcome]):
-    """Pair each failure with the Findings that explain it; returns (explained [(outcome, [findings])],
-    unexplained outcomes, stale findings). A failure can have several causes (a capacity rounded up hides an
-    order of dropping behind it): every Finding that names the failed (property, router) explains it, and a
-    Finding is stale only if it names nothing that failed."""
-    explained, unexplained, used = [], [], set()
-    for o in outcomes:
-        if o.status != "failed":
-            continue
-        matches = [f for f in adapter.FINDINGS if f.explains(o.property, o.router)]
-        if matches:
-            explained.append((o, matches))
-            used.update(id(f) for f in matches)
-        else:
-            unexplained.append(o)
-    stale = [f for f in adapter.FINDINGS if id(f) not in used]
-    return explained, unexplained, stale
 
 
 def cell(name: str, outcomes: list[Outcome], notes: dict[tuple[str, str, str], list[int]]) -> str:

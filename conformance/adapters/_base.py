@@ -70,3 +70,22 @@ def torch_tensor(value, dtype="float32"):
     import torch
 
     return torch.as_tensor(np.asarray(value, dtype=np.float64)).to(getattr(torch, dtype))
+
+
+def explain(adapter, outcomes: list):
+    """Pair each failure with the Findings that explain it; returns (explained [(outcome, [findings])],
+    unexplained outcomes, stale findings). A failure can have several causes (a capacity rounded up hides an
+    order of dropping behind it): every Finding that names the failed (property, router) explains it, and a
+    Finding is stale only if it names nothing that failed."""
+    explained, unexplained, used = [], [], set()
+    for o in outcomes:
+        if o.status != "failed":
+            continue
+        matches = [f for f in adapter.FINDINGS if f.explains(o.property, o.router)]
+        if matches:
+            explained.append((o, matches))
+            used.update(id(f) for f in matches)
+        else:
+            unexplained.append(o)
+    stale = [f for f in adapter.FINDINGS if id(f) not in used]
+    return explained, unexplained, stale
