@@ -66,10 +66,15 @@ def render(results: dict[str, tuple[object, list[Outcome], float]], profile: str
     names = list(results)
     notes: dict[tuple[str, str, str], list[int]] = {}  # (library, property, router) -> note numbers
     numbers: dict[int, int] = {}  # one note per Finding
-    for name in names:
+    for name in names:  # notes numbered in each adapter's FINDINGS order, those that explain a failure
         adapter, outcomes, _ = results[name]
-        for o, findings in explain(adapter, outcomes)[0]:
-            notes[(name, o.property, o.router)] = [numbers.setdefault(id(f), len(numbers) + 1) for f in findings]
+        explained = explain(adapter, outcomes)[0]
+        used = {id(f) for _, findings in explained for f in findings}
+        for f in adapter.FINDINGS:
+            if id(f) in used:
+                numbers[id(f)] = len(numbers) + 1
+        for o, findings in explained:
+            notes[(name, o.property, o.router)] = sorted(numbers[id(f)] for f in findings)
     lines = [
         f"Measured with `python -m conformance.adapters --report` (profile `{profile}`; each library judged by the "
         "tolerances of the dtype it computes in). `passed`: the library's own code was checked on every example; "
@@ -114,7 +119,10 @@ def render(results: dict[str, tuple[object, list[Outcome], float]], profile: str
             lines += [f"**UNEXPLAINED**: {_label(o)}: {o.message}", ""]
         for finding in stale:
             lines += [f"**STALE FINDING** (nothing failed that it explains): {finding.properties}: {finding.cause}", ""]
-        lines += ["<details><summary>The failures as measured: message and shrunk counterexample</summary>", ""]
+        lines += [
+            "<details><summary>The failures as measured: message, shrunk counterexample as calls</summary>",
+            "",
+        ]
         for o in outcomes:
             if o.status == "failed":
                 lines += [f"{_label(o)}:", "", "```", _short(o), "```", ""]
@@ -127,8 +135,9 @@ def _label(o: Outcome) -> str:
 
 
 def _short(o: Outcome, limit: int = 1500) -> str:
-    """The failure's message and Hypothesis's shrunk case, cut to ``limit`` characters."""
-    text = f"{o.message.strip()}\n{o.counterexample.strip()}".strip()
+    """The failure's message and the shrunk case as the calls that replay it (the recorder's snippet, which
+    spells every array out; Hypothesis's own rendering of the case is in ``o.counterexample``)."""
+    text = f"{o.message.strip()}\n\nreplayed by:\n{(o.snippet or o.counterexample).strip()}".strip()
     return text if len(text) <= limit else text[:limit] + " ..."
 
 
