@@ -31,6 +31,15 @@ def main(argv=None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     start = time.perf_counter()
+    impl = load(args.impl)
+    dtype = args.dtype or getattr(impl, "DTYPE", "float64")
+    try:  # an adapter's library must be there before any work
+        installed = require_library(impl)
+    except ValueError as err:
+        parser.error(str(err))
+    if installed is not None and installed != impl.VERSION:
+        print(f"note: {impl.LIBRARY} {installed} is installed; {impl.__name__}'s findings were traced in "
+              f"{impl.VERSION}", file=sys.stderr)  # fmt: skip
     tty = sys.stderr.isatty()
     tqdm.monitor_interval = 0  # no monitor thread: it only tunes how often the bar redraws
     bar = tqdm(total=None, unit="check", file=sys.stderr, disable=args.no_progress, mininterval=0.1 if tty else 30.0,
@@ -42,12 +51,6 @@ def main(argv=None) -> int:
         bar.update(done - bar.n)
 
     try:
-        impl = load(args.impl)
-        dtype = args.dtype or getattr(impl, "DTYPE", "float64")
-        installed = require_library(impl)
-        if installed is not None and installed != impl.VERSION:
-            print(f"note: {impl.LIBRARY} {installed} is installed; {impl.__name__}'s findings were traced in "
-                  f"{impl.VERSION}", file=sys.stderr)  # fmt: skip
         outcomes = run(
             impl, args.ref, profile=args.profile, routers=args.router, properties=args.property,
             dtype=dtype, progress=progress,

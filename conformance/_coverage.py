@@ -80,9 +80,8 @@ def require_library(impl) -> str | None:
     try:
         return importlib.metadata.version(library)
     except importlib.metadata.PackageNotFoundError:
-        pinned = getattr(impl, "VERSION", None)
+        install = getattr(impl, "INSTALL", None) or f"pip install '{library}=={getattr(impl, 'VERSION', None)}'"
         raise ValueError(
-            f"{impl.__name__} checks the library {library}, which is not installed: pip install "
-            f"'{library}=={pinned}' (the version its findings were traced in; constraints/adapters.txt), or run "
-            f"tox -e adapters"
+            f"{impl.__name__} checks the library {library}, which is not installed: {install} (the version its "
+            f"findings were traced in; constraints/adapters.txt), or run tox -e adapters"
         ) from None

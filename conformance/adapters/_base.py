@@ -6,6 +6,7 @@ offers a switch, and never changes what the library computes. It declares:
 
 - ``LIBRARY`` (the distribution's name on the package index), ``VERSION`` (the version the adapter and its
   findings were checked against; ``constraints/adapters.txt`` pins it), ``FRAMEWORK`` ("PyTorch" or "JAX");
+- ``INSTALL`` (optional): the install command, where plain ``pip install LIBRARY==VERSION`` is not enough;
 - ``DTYPE``: the dtype the library computes in, which ``python -m conformance`` judges it by unless told
   otherwise (most libraries route in float32 whatever their inputs);
 - ``COVERS``: the spec's functions it implements with the library's code (see ``conformance._coverage``);

@@ -47,6 +47,8 @@ LIBRARY = "deepspeed"
 VERSION = "0.19.8"
 FRAMEWORK = "PyTorch"
 DTYPE = "float32"  # TopKGate.forward casts the tokens and the gate weight to float32; the gates compute in it
+# Its setup.py or its pinned dependencies need this (tox.ini, testenv:adapters, says why).
+INSTALL = "pip install torch && pip install --no-build-isolation 'deepspeed==0.19.8'"
 
 COVERS = {"capacity": None, "route": ("softmax_token_choice",)}
 

@@ -36,6 +36,8 @@ FRAMEWORK = "PyTorch"
 DTYPE = (
     "float32"  # softmax in float32 (dtype=torch.float); outputs in the logits' dtype, float32 with Top2Gate's Linear
 )
+# Its setup.py or its pinned dependencies need this (tox.ini, testenv:adapters, says why).
+INSTALL = "pip install torch && pip install --no-build-isolation 'fairscale==0.4.13'"
 
 COVERS = {"route": ("softmax_token_choice",)}
 

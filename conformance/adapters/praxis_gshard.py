@@ -55,6 +55,8 @@ LIBRARY = "praxis"
 VERSION = "1.4.0"
 FRAMEWORK = "JAX"
 DTYPE = "float32"
+# Its setup.py or its pinned dependencies need this (tox.ini, testenv:adapters, says why).
+INSTALL = "pip install --no-deps 'praxis==1.4.0'"
 COVERS = {"route": ("softmax_token_choice", "softmax_expert_choice")}
 
 SETTINGS = (
