@@ -115,22 +115,25 @@ def run_property(
     if not shrink:
         chosen = settings(chosen, phases=[p for p in PHASES if p is not Phase.shrink])
     test = chosen(test)
+
+    def not_applicable() -> Outcome | None:
+        """n/a with its reason when no example ran the implementation's own code, else None."""
+        if count == 0 and delegated:
+            reason = f"reaches only functions delegated to the reference: {', '.join(delegated)}"
+        elif count == 0 and outside:
+            reason = f"outside the library: {outside[0]}"
+        else:
+            return None
+        return Outcome(prop.name, prop.group, label, "n/a", message=reason)
+
     reports: list[str] = []
     try:
         with with_reporter(reports.append):
             test()
     except Unsatisfiable as err:
-        if count == 0 and delegated:
-            return Outcome(
-                prop.name,
-                prop.group,
-                label,
-                "n/a",
-                message=f"reaches only functions delegated to the reference: {', '.join(delegated)}",
-            )
-        if count == 0 and outside:
-            return Outcome(prop.name, prop.group, label, "n/a", message=f"outside the library: {outside[0]}")
-        return Outcome(prop.name, prop.group, label, "failed", count, f"too many cases discarded: {err}")
+        return not_applicable() or Outcome(
+            prop.name, prop.group, label, "failed", count, f"too many cases discarded: {err}"
+        )
     except Exception as err:
         modules = {"impl": impl.__name__, "ref": ref.__name__}
         # Hypothesis attaches the shrunk case to the exception's notes; several distinct failures come as a group.
@@ -141,15 +144,8 @@ def run_property(
             prop.name, prop.group, label, "failed", count + 1, message,
             "\n".join([*(str(r) for r in reports), *notes]), recorder.snippet(modules),
         )  # fmt: skip
-    if count == 0 and delegated:  # every example discarded without Hypothesis complaining (explicit ones only)
-        return Outcome(
-            prop.name,
-            prop.group,
-            label,
-            "n/a",
-            message=f"reaches only functions delegated to the reference: {', '.join(delegated)}",
-        )
-    return Outcome(prop.name, prop.group, label, "passed", count)
+    # Every example discarded without Hypothesis complaining (explicit ones only) is n/a too, never a pass.
+    return not_applicable() or Outcome(prop.name, prop.group, label, "passed", count)
 
 
 def run(

@@ -26,7 +26,7 @@ import importlib
 
 import reference
 
-from .._coverage import API
+from .._coverage import API, NotCovered
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +71,18 @@ def torch_tensor(value, dtype="float32"):
     import torch
 
     return torch.as_tensor(np.asarray(value, dtype=np.float64)).to(getattr(torch, dtype))
+
+
+def add_noise(logits, noise):
+    """``logits + noise`` for a library that takes logits and has no noise input of its own (the spec adds its
+    noise to the logits, Choice [noise-placement]); noise of another shape has no library input: NotCovered."""
+    if noise is None:
+        return logits
+    noise = torch_tensor(noise, str(logits.dtype).removeprefix("torch."))
+    if noise.shape != logits.shape:
+        shapes = f"{tuple(noise.shape)} vs {tuple(logits.shape)}"
+        raise NotCovered(f"noise of another shape than the logits the library takes ({shapes})")
+    return logits + noise
 
 
 def explain(adapter, outcomes: list):

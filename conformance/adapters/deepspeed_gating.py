@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import reference
 
-from .._coverage import NotCovered
 from . import _base
 from ._base import Finding, complete
 
@@ -145,13 +144,7 @@ def route(router, x, weight, *, factor=None, noise=None):
     k = 1 if factor is None else factor
     wg_weight = _base.torch_tensor(weight).T  # TopKGate.wg.weight is (E, D)
     logits = F.linear(_base.torch_tensor(x), weight=wg_weight, bias=None)  # as TopKGate.forward
-    if noise is not None:
-        noise = _base.torch_tensor(noise)
-        if noise.shape != logits.shape:
-            # The library takes logits and no noise; noise that cannot be added to them has no library input.
-            shapes = f"{tuple(noise.shape)} vs {tuple(logits.shape)}"
-            raise NotCovered(f"noise of another shape than the logits the gates take ({shapes})")
-        logits = logits + noise
+    logits = _base.add_noise(logits, noise)
     with torch.no_grad():
         if k == 1:  # TopKGate.forward's dispatch on k
             _, combine, dispatch, _ = moe.top1gating(

@@ -95,13 +95,7 @@ def route(router, x, weight, *, factor=None, noise=None):
     tokens, experts = logits.shape
     if tokens % experts:
         raise NotCovered(f"top2gating asserts T % E == 0; T = {tokens}, E = {experts}")
-    if noise is not None:
-        noise = _base.torch_tensor(noise)
-        if noise.shape != logits.shape:
-            # The library takes logits and no noise; noise that cannot be added to them has no library input.
-            shapes = f"{tuple(noise.shape)} vs {tuple(logits.shape)}"
-            raise NotCovered(f"noise of another shape than the logits the gate takes ({shapes})")
-        logits = logits + noise
+    logits = _base.add_noise(logits, noise)
     gate = _top2gate()
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
