@@ -67,7 +67,7 @@ def _rss_child(path: str, steps: int, workdir: str) -> None:
     import resource
 
     import train
-    from train.config import resolve
+    from train.presets import resolve
 
     overrides = ("data.name=imagefolder", f"data.path={path}", "data.channels=3", "model.channels=3",
                  "data.image_size=32", "model.image_size=32", "model.num_classes=10", "data.augment=true",
@@ -109,9 +109,12 @@ def loader_vs_memory(steps: int, rounds: int) -> dict:
     import jax
 
     from optimized import ViTMoE
-    from train.config import resolve
     from train.data import BatchOrder, TrainLoader, from_dataset
-    from train.loop import batch_sharding, global_batch, load_data, make_mesh, make_optimizer, make_step
+    from train.input_pipeline import load_data
+    from train.presets import resolve
+    from train.sharding import batch_sharding, global_batch, make_mesh
+    from train.state import make_optimizer
+    from train.trainer import make_step
 
     config = resolve("digits")
     dataset = load_data(config)
@@ -189,8 +192,9 @@ def b32_step(batch: int, repeats: int = 3) -> dict:
     import jax
 
     from optimized import ViTMoE
-    from train.config import preset
-    from train.loop import make_optimizer, make_step
+    from train.presets import preset
+    from train.state import make_optimizer
+    from train.trainer import make_step
 
     config = preset("vmoe-b32")
     config = config.replace(batch_size=batch, model=config.model.replace(group_images=min(batch, 8)))

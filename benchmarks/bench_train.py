@@ -25,8 +25,10 @@ import jax
 import numpy as np
 
 from optimized import ROUTERS, ViTMoE
-from train.config import resolve
-from train.loop import load_data, make_optimizer, make_step
+from train.input_pipeline import load_data
+from train.presets import resolve
+from train.state import make_optimizer
+from train.trainer import make_step
 
 
 def _stepper(config, images, labels):

@@ -28,8 +28,9 @@ import jax.numpy as jnp
 import optax
 
 from optimized import ViTMoE, is_expert_leaf, make_mesh, shardings
-from train.config import resolve
-from train.loop import batch_sharding, make_optimizer
+from train.presets import resolve
+from train.sharding import batch_sharding
+from train.state import make_optimizer
 
 GIB = 2**30
 

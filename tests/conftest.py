@@ -40,14 +40,14 @@ def _fresh_compilation_caches():
 @pytest.fixture(scope="module")
 def tiny():
     """The ``tiny`` preset: the seconds-long configuration the training tests run."""
-    from train.config import resolve
+    from train.presets import resolve
 
     return resolve("tiny")
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tiny):
-    from train.loop import load_data
+    from train.input_pipeline import load_data
 
     return load_data(tiny)
 

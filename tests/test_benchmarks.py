@@ -36,7 +36,7 @@ def test_parameter_counts_by_hand():
     from memory import parameter_counts
 
     from optimized import ViTMoE
-    from train.config import resolve
+    from train.presets import resolve
 
     # tiny: width 32, MLP 64, E = 4 experts, 8x8x1 images in 4x4 patches (4 tokens, 16 values), 10 classes.
     # embedding: 16*32 + 32 + 4*32 = 672; attention (either block): 2*32 + 32*96 + 96 + 32*32 + 32 + 2*32 = 4352;

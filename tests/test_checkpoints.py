@@ -16,9 +16,9 @@ import pytest
 
 import train
 from train import checkpoint
-from train.config import resolve
-from train.loop import make_optimizer
 from train.preemption import EXIT_STATUS
+from train.presets import resolve
+from train.state import make_optimizer
 
 
 def _like(config):
@@ -112,11 +112,13 @@ def test_old_format_is_refused_with_how_to_convert_and_converts(two_checkpoints,
     state = checkpoint.restore(checkpoint.latest(source), _like(config))
     path = workdir / "checkpoints" / "step_00000002.eqx"
     eqx.tree_serialise_leaves(path, state)
-    record = {"step": 2, "sha256": checkpoint._digest(path), "file": path.name}
+    record = {"step": 2, "sha256": checkpoint.digest(path), "file": path.name}
     path.with_suffix(".json").write_text(json.dumps(record))
-    with pytest.raises(checkpoint.CorruptCheckpointError, match=r"old format .*`python -m train.checkpoint convert"):
+    with pytest.raises(checkpoint.CorruptCheckpointError, match=r"old format .*`python -m train.convert_checkpoints"):
         train.train_and_evaluate(config, workdir, progress=False, dataset=tiny_data)
-    assert checkpoint.main(["convert", str(workdir)]) == 0
+    from train.convert_checkpoints import main as convert
+
+    assert convert([str(workdir)]) == 0
     assert (workdir / "checkpoints" / "eqx-format" / path.name).exists()
     _assert_same(checkpoint.restore(checkpoint.latest(workdir), _like(config)), state)
 
@@ -185,13 +187,15 @@ def test_evaluate_and_predict_clis(two_checkpoints, tmp_path, capsys):
     from train import evaluate, predict
 
     workdir, _ = two_checkpoints
-    assert evaluate.main(["--workdir", str(workdir), "--set", "model.factor=2"]) == 0
+    assert evaluate.main(["--workdir", str(workdir), "--capacity-factor", "2"]) == 0
     out = capsys.readouterr().out
     assert "step 2 at capacity factor 2: test accuracy" in out and "5-shot linear probe" in out
     result = evaluate.evaluate_run(workdir, split="train", probe=False)
     assert result["split"] == "train" and result["num_images"] > 1000 and 0 <= result["accuracy"] <= 1
     assert evaluate.main(["--workdir", str(workdir), "--set", "learning_rate=1"]) == 1
-    assert "can change model.factor, mesh.data and mesh.expert only" in capsys.readouterr().err
+    assert "can change mesh.data and mesh.expert only" in capsys.readouterr().err
+    assert evaluate.main(["--workdir", str(workdir), "--set", "model.factor=2"]) == 1  # one spelling: said which
+    assert "the capacity of an evaluation is --capacity-factor 2" in capsys.readouterr().err
     # a digit drawn as the digits data has them (light on dark), a second image, and a file that is not an image
     digit = np.zeros((8, 8), np.uint8)
     digit[1:7, 3:5] = 255  # a "1"
@@ -217,7 +221,8 @@ def test_evaluate_and_predict_clis(two_checkpoints, tmp_path, capsys):
 
 def test_gradient_accumulation_equals_the_large_batch_step(tiny_data):
     from optimized import ViTMoE
-    from train.loop import batch_sharding, make_mesh, make_step
+    from train.sharding import batch_sharding, make_mesh
+    from train.trainer import make_step
 
     config = resolve("tiny", batch_size=16, overrides=("model.noise_std=0",))
     mesh = make_mesh(config)

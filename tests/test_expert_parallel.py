@@ -8,7 +8,8 @@ from jax.sharding import PartitionSpec as P
 
 import train
 from optimized import EXPERT, ViTMoE, make_mesh, shardings
-from train.config import Config, override, resolve
+from train.config import Config, override
+from train.presets import resolve
 
 
 def test_eight_device_suite():

@@ -5,8 +5,8 @@ import doctest
 import numpy as np
 import pytest
 
-from train import fewshot_probe as F
-from train.fewshot_probe import DEFAULT_L2_GRID, fewshot_accuracy
+from train.evaluators import ridge_probe as F
+from train.evaluators.ridge_probe import DEFAULT_L2_GRID, fewshot_accuracy
 
 C, DIM = 10, 16
 

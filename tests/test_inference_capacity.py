@@ -1,4 +1,4 @@
-"""Running a trained MoELayer / ViTMoE at another capacity: ``with_capacity`` and ``python -m train.fewshot
+"""Running a trained MoELayer / ViTMoE at another capacity: ``with_capacity`` and ``python -m train.evaluate
 --capacity-factor``."""
 
 import shutil
@@ -213,9 +213,9 @@ def test_vit_with_capacity_refusals():
 def test_fewshot_cli_evaluates_at_another_capacity(tmp_path, capsys):
     import train
     from train import checkpoint
-    from train.config import resolve
-    from train.fewshot import main
-    from train.loop import load_trained
+    from train.evaluate import main
+    from train.presets import resolve
+    from train.trained import load_trained
 
     # Softmax Expert Choice at c = 1 (T = 2 images x 4 patches = 8, C = 2); two steps (the first has learning rate
     # 0: warmup), checkpointed, no evaluation.
@@ -224,10 +224,10 @@ def test_fewshot_cli_evaluates_at_another_capacity(tmp_path, capsys):
     model, _, step = load_trained(tmp_path, capacity_factor=2)
     assert step == 2 and model.pairs.second.moe.capacity == 4
     assert float(jnp.abs(model.head_w).max()) > 0  # the trained weights were restored (the head starts at zero)
-    assert main(["--workdir", str(tmp_path), "--capacity-factor", "2"]) == 0
-    assert "step 2 at capacity factor 2: 5-shot linear-probe accuracy" in capsys.readouterr().out
+    assert main(["--workdir", str(tmp_path), "--capacity-factor", "2", "--probe-only"]) == 0
+    assert "step 2 at capacity factor 2: 5-shot linear probe" in capsys.readouterr().out
     # A bad factor is refused before the weights are read: with the checkpoint file gone, the factor's error
     # still comes first.
     shutil.rmtree(checkpoint.latest(tmp_path)["path"])
-    assert main(["--workdir", str(tmp_path), "--capacity-factor", "nan"]) == 1
+    assert main(["--workdir", str(tmp_path), "--capacity-factor", "nan", "--probe-only"]) == 1
     assert "error: capacity_factor must be a finite number > 0, got nan" in capsys.readouterr().err

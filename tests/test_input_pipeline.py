@@ -188,8 +188,8 @@ def test_train_and_test_sub_folders_are_the_splits(tmp_path):
 def test_training_on_an_image_folder_end_to_end_and_resuming_exactly(folder, tmp_path):
     import train
     from train import checkpoint
-    from train.config import resolve
-    from train.loop import load_data
+    from train.input_pipeline import load_data
+    from train.presets import resolve
 
     overrides = ("data.name=imagefolder", f"data.path={folder}", "data.channels=3", "model.channels=3",
                  "model.num_classes=3", "data.augment=true", "fewshot_shots=2", "fewshot_draws=1",
@@ -204,7 +204,7 @@ def test_training_on_an_image_folder_end_to_end_and_resuming_exactly(folder, tmp
     cut, straight = checkpoint.latest(tmp_path / "cut"), checkpoint.latest(tmp_path / "straight")
     assert cut["step"] == straight["step"] == 3
     from optimized import ViTMoE
-    from train.loop import make_optimizer
+    from train.state import make_optimizer
 
     model = ViTMoE(config.model, key=jax.random.key(0))
     like = (model, make_optimizer(config)[0].init(eqx.filter(model, eqx.is_array)))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from train import paper, study
-from train.loop import ConfigMismatchError
+from train.workdir import ConfigMismatchError
 
 # ------------------------------------------------------------------------------------------------ statistics
 
@@ -260,7 +260,7 @@ def test_docstring_examples():
 
 def test_sinkhorn_diagnosis_on_trained_token_choice_runs(tmp_path):
     from train import train_and_evaluate
-    from train.config import resolve
+    from train.presets import resolve
 
     spec = study.StudySpec(preset="tiny", steps=5, seeds=(0,), routers=study.TOKEN_CHOICE, controls=False)
     rows = []

@@ -14,13 +14,15 @@ import pytest
 
 import train
 from train import checkpoint
-from train.config import override, resolve
-from train.loop import ConfigMismatchError, NonFiniteLossError
+from train.config import override
+from train.presets import resolve
+from train.trainer import NonFiniteLossError
+from train.workdir import ConfigMismatchError
 
 
 def saved_params(workdir, config):
     from optimized import ViTMoE
-    from train.loop import make_optimizer
+    from train.state import make_optimizer
 
     model = ViTMoE(config.model, key=jax.random.key(0))
     opt_state = make_optimizer(config)[0].init(eqx.filter(model, eqx.is_array))
@@ -38,7 +40,8 @@ def test_one_step_then_resume_to_two(tmp_path, tiny, tiny_data):
     assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     assert json.loads((tmp_path / "config.json").read_text()) == json.loads(config.to_json())
     assert (tmp_path / "plots" / "curves.png").stat().st_size > 0
-    assert (tmp_path / "plots" / "experts.png").stat().st_size > 0
+    for name in ("expert_usage.png", "routing_maps.png"):  # what the routers do, drawn from the final weights
+        assert (tmp_path / "plots" / name).stat().st_size > 0
     assert len(summary["moe_layers"]) == 1 and summary["moe_layers"][0]["block"] == 1
 
 
@@ -136,12 +139,13 @@ def test_cli_runs_and_prints_the_summary(tmp_path):
 
 def test_fewshot_cli_on_a_trained_workdir(tmp_path, tiny, tiny_data):
     train.train_and_evaluate(tiny.replace(steps=2), tmp_path, progress=False, dataset=tiny_data)
-    from train.fewshot import evaluate_workdir
+    from train.evaluate import evaluate_run
 
-    result = evaluate_workdir(tmp_path)
-    assert result["step"] == 2 and result["shots"] == 5 and 0 <= result["accuracy"] <= 1
+    result = evaluate_run(tmp_path, accuracy=False)
+    probe = result["fewshot"]
+    assert result["step"] == 2 and probe["shots"] == 5 and 0 <= probe["accuracy"] <= 1 and "accuracy" not in result
     with pytest.raises(FileNotFoundError, match="not a training workdir"):
-        evaluate_workdir(tmp_path / "nothing")
+        evaluate_run(tmp_path / "nothing")
 
 
 # ------------------------------------------------------------------------- evaluation independent of storage
@@ -150,8 +154,10 @@ def test_fewshot_cli_on_a_trained_workdir(tmp_path, tiny, tiny_data):
 def test_evaluation_does_not_depend_on_how_the_test_set_is_stored(tmp_path, tiny_data):
     # An Expert Choice model (it routes the best tokens of a whole group of images per expert, so a token's output
     # depends on its group mates), trained a few steps so that its head is not zero.
-    from train.loop import _features, _in_batches, batch_sharding, evaluate_accuracy, make_mesh
-    from train.loop import evaluation_order as order_of
+    from train.evaluators import evaluate_accuracy, in_batches
+    from train.evaluators import features as features_of
+    from train.evaluators import evaluation_order as order_of
+    from train.sharding import batch_sharding, make_mesh
 
     config = resolve("tiny", router="softmax_expert_choice", steps=6, overrides=("eval_every=6",))
     train.train_and_evaluate(config, tmp_path, progress=False, dataset=tiny_data)
@@ -169,13 +175,13 @@ def test_evaluation_does_not_depend_on_how_the_test_set_is_stored(tmp_path, tiny
         out[copy_index] = features
         return out
 
-    features = [in_stored_order(idx, _in_batches(_features, model, images[idx], config.batch_size, sharding))
+    features = [in_stored_order(idx, in_batches(features_of, model, images[idx], config.batch_size, sharding))
                 for idx in (by_class, shuffled)]  # fmt: skip
     np.testing.assert_array_equal(features[0], features[1])
     # ... while walking the two copies in stored order, as evaluation did before, changes the features: the test
     # above would catch an evaluation that groups images by how they are stored.
     full = len(images) - len(images) % config.batch_size
-    walked = [in_stored_order(idx[:full], np.concatenate([np.asarray(_features(model, images[idx[i : i + 8]]))
+    walked = [in_stored_order(idx[:full], np.concatenate([np.asarray(features_of(model, images[idx[i : i + 8]]))
                                                            for i in range(0, full, 8)]))
               for idx in (by_class, shuffled)]  # fmt: skip
     both = np.isin(np.arange(len(images)), by_class[:full]) & np.isin(np.arange(len(images)), shuffled[:full])
@@ -185,7 +191,7 @@ def test_evaluation_does_not_depend_on_how_the_test_set_is_stored(tmp_path, tiny
 
 
 def test_a_partial_last_batch_is_filled_with_real_images():
-    from train.loop import _in_batches
+    from train.evaluators import in_batches
 
     images = np.arange(1, 11, dtype=np.float32).reshape(10, 1, 1, 1) * np.ones((1, 2, 2, 1), np.float32)
     seen = []
@@ -194,7 +200,7 @@ def test_a_partial_last_batch_is_filled_with_real_images():
         seen.append(np.asarray(x))
         return np.asarray(x)[:, 0, 0, 0] * 10
 
-    out = _in_batches(fn, None, images, 4, None)  # 10 images in batches of 4: the third batch needs 2 more
+    out = in_batches(fn, None, images, 4, None)  # 10 images in batches of 4: the third batch needs 2 more
     np.testing.assert_array_equal(out, np.arange(1, 11) * 10)  # outputs back in stored order
     assert len(seen) == 3 and all(batch.shape == (4, 2, 2, 1) for batch in seen)
     values = np.concatenate([batch[:, 0, 0, 0] for batch in seen])

@@ -12,8 +12,8 @@ import pytest
 import optimized as O
 import train
 from optimized._vit import _layer_norm
-from train import visualize
-from train.config import resolve
+from train import routing_plots, visualize
+from train.presets import resolve
 
 LN2, LN3, LN4 = math.log(2), math.log(3), math.log(4)
 
@@ -153,30 +153,30 @@ def test_expert_usage_by_hand():
     weights[1, 0] = [[0.0, 0.0], [0.0, 0.7]]  # class 1: a dropped patch; expert 1 on one patch
     weights[2, 0] = [[0.0, 0.6], [0.0, 0.0]]  # class 0: expert 1 on one patch, one dropped
     labels = np.array([0, 1, 0])
-    usage = visualize.expert_usage(weights, labels, 3)
+    usage = routing_plots.expert_usage(weights, labels, 3)
     # class 0 has 4 patches: expert 0 processed 2 of them (image 0), expert 1 processed 2 (one in each image)
     # class 1 has 2 patches: expert 0 none, expert 1 one
     np.testing.assert_allclose(usage[0, :2], [[2 / 4, 2 / 4], [0, 1 / 2]])
     assert np.all(np.isnan(usage[0, 2]))  # no image of class 2: undefined, not 0
     # Soft MoE: the mean weight. Class 0: expert 0 (0.5 + 0.3 + 0 + 0) / 4 = 0.2, expert 1 (0 + 0.2 + 0.6 + 0) / 4
     # = 0.2; class 1: expert 0 0, expert 1 0.7 / 2 = 0.35.
-    soft = visualize.expert_usage(weights, labels, 3, soft=True)
+    soft = routing_plots.expert_usage(weights, labels, 3, soft=True)
     np.testing.assert_allclose(soft[0, :2], [[0.2, 0.2], [0, 0.35]])
 
 
 def test_expert_usage_refuses_bad_labels():
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\), got values from 0 to 2"):
-        visualize.expert_usage(np.zeros((2, 1, 1, 2)), np.array([0, 2]), 2)
+        routing_plots.expert_usage(np.zeros((2, 1, 1, 2)), np.array([0, 2]), 2)
     with pytest.raises(ValueError, match=r"weights must have shape \(B, L, N, E\)"):
-        visualize.expert_usage(np.zeros((2, 1, 2)), np.array([0, 1]), 2)
+        routing_plots.expert_usage(np.zeros((2, 1, 2)), np.array([0, 1]), 2)
 
 
 def test_pick_images_by_hand():
     # labels [1, 1, 0, 2, 0]: the first image of class 0 (index 2), of class 1 (0), of class 2 (3), then the
     # second image of class 0 (4) and of class 1 (1).
-    assert visualize.pick_images(np.array([1, 1, 0, 2, 0]), 5).tolist() == [2, 0, 3, 4, 1]
+    assert routing_plots.pick_images(np.array([1, 1, 0, 2, 0]), 5).tolist() == [2, 0, 3, 4, 1]
     with pytest.raises(ValueError, match="num_images = 6 is more than the 5 images"):
-        visualize.pick_images(np.array([1, 1, 0, 2, 0]), 6)
+        routing_plots.pick_images(np.array([1, 1, 0, 2, 0]), 6)
 
 
 # ---------------------------------------------------------------------------------------------- end to end

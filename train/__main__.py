@@ -14,8 +14,8 @@ import sys
 from optimized import ROUTERS
 
 from .checkpoint import CorruptCheckpointError
-from .config import PRESETS, resolve
 from .preemption import EXIT_STATUS, Preempted
+from .presets import PRESETS, resolve
 
 
 def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,7 +80,8 @@ def main(argv=None) -> int:
     print(f"training {args.preset} with {config.model.router} (factor {config.model.factor}) in {workdir}",
           file=sys.stderr)  # fmt: skip
     start_distributed(parser, args)
-    from .loop import ConfigMismatchError, NonFiniteLossError, train_and_evaluate
+    from .trainer import NonFiniteLossError, train_and_evaluate
+    from .workdir import ConfigMismatchError
 
     try:
         summary = train_and_evaluate(config, workdir, progress=not args.no_progress)
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
 
     if jax.process_index() != 0:
         return 0
-    from .loop import format_summary
+    from .summary import format_summary
 
     print(format_summary(summary))
     print(f"\nworkdir: {workdir} (config.json, metrics.jsonl, checkpoints/, plots/, summary.json)")

@@ -51,7 +51,7 @@ def directory_of(workdir) -> Path:
     return Path(workdir).absolute() / "checkpoints"
 
 
-def _digest(path: Path) -> str:
+def digest(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -64,7 +64,7 @@ def _files(step_dir: Path) -> list[Path]:
 
 
 def _write_sidecar(step_dir: Path) -> None:
-    record = {str(p.relative_to(step_dir)): _digest(p) for p in _files(step_dir)}
+    record = {str(p.relative_to(step_dir)): digest(p) for p in _files(step_dir)}
     tmp = step_dir / (SIDECAR + ".tmp")
     tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
     os.replace(tmp, step_dir / SIDECAR)
@@ -75,7 +75,7 @@ def _verify(step_dir: Path, items: tuple[str, ...] = ITEMS) -> None:
     sidecar = step_dir / SIDECAR
     record = json.loads(sidecar.read_text())
     others = set(ITEMS) - set(items)
-    record = {name: digest for name, digest in record.items() if name.split("/")[0] not in others}
+    record = {name: recorded for name, recorded in record.items() if name.split("/")[0] not in others}
     on_disk = {str(p.relative_to(step_dir)) for p in _files(step_dir)}
     on_disk = {name for name in on_disk if name.split("/")[0] not in others}
     missing = sorted(set(record) - on_disk)
@@ -83,24 +83,24 @@ def _verify(step_dir: Path, items: tuple[str, ...] = ITEMS) -> None:
         raise CorruptCheckpointError(f"checkpoint {step_dir} is missing {missing[0]} (recorded in {SIDECAR}): it "
                                      "was not loaded. Delete the step's directory to resume from an earlier "
                                      "checkpoint, or use a new workdir.")  # fmt: skip
-    for name, digest in record.items():
-        if _digest(step_dir / name) != digest:
+    for name, recorded in record.items():
+        if digest(step_dir / name) != recorded:
             raise CorruptCheckpointError(
                 f"checkpoint {step_dir}: {name} does not match its recorded SHA-256: it is corrupted and was not "
                 f"loaded. Delete {step_dir} to resume from an earlier checkpoint, or use a new workdir."
             )
 
 
-def _legacy(directory: Path) -> list[Path]:
+def legacy_files(directory: Path) -> list[Path]:
     return sorted(directory.glob("step_*.eqx"))
 
 
 def _refuse_legacy(directory: Path) -> None:
-    old = _legacy(directory)
+    old = legacy_files(directory)
     if old:
         raise CorruptCheckpointError(
             f"{directory} holds checkpoints of the old format ({old[-1].name}, equinox-serialised); this version "
-            f"reads orbax checkpoints. Convert them with `python -m train.checkpoint convert {directory.parent}` "
+            f"reads orbax checkpoints. Convert them with `python -m train.convert_checkpoints {directory.parent}` "
             "(it keeps the old files in checkpoints/eqx-format/)."
         )
 
@@ -260,54 +260,3 @@ def save(workdir, step: int, model, opt_state) -> Path:
     checkpoints.save(step, model, opt_state)
     checkpoints.close()
     return directory_of(workdir) / str(step)
-
-
-def convert(workdir) -> list[int]:
-    """Rewrite the old-format checkpoints (``checkpoints/step_*.eqx`` + ``.json``) of ``workdir`` as orbax
-    checkpoints, after checking their SHA-256; the old files move to ``checkpoints/eqx-format/``. The structure
-    comes from the workdir's ``config.json``."""
-    from optimized import ViTMoE
-
-    from .config import Config
-    from .loop import make_optimizer
-
-    workdir = Path(workdir)
-    directory = directory_of(workdir)
-    config = Config.from_dict(json.loads((workdir / "config.json").read_text()))
-    model = ViTMoE(config.model, key=jax.random.key(0))
-    opt_state = make_optimizer(config)[0].init(eqx.filter(model, eqx.is_array))
-    old_dir = directory / "eqx-format"
-    loaded = {}
-    for path in _legacy(directory):
-        meta = json.loads(path.with_suffix(".json").read_text())
-        if _digest(path) != meta["sha256"]:
-            raise CorruptCheckpointError(f"{path} does not match its recorded SHA-256: not converted")
-        loaded[int(meta["step"])] = eqx.tree_deserialise_leaves(path, (model, opt_state))
-    for path in _legacy(directory):
-        old_dir.mkdir(exist_ok=True)
-        for p in (path, path.with_suffix(".json")):
-            os.replace(p, old_dir / p.name)
-    for step, (m, o) in sorted(loaded.items()):
-        save(workdir, step, m, o)
-    return sorted(loaded)
-
-
-def main(argv=None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m train.checkpoint",
-                                     description="convert a workdir's old-format checkpoints to orbax")  # fmt: skip
-    parser.add_argument("command", choices=["convert"])
-    parser.add_argument("workdir")
-    args = parser.parse_args(argv)
-    try:
-        steps = convert(args.workdir)
-    except (FileNotFoundError, CorruptCheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(f"converted steps {steps}" if steps else "nothing to convert")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,7 +11,7 @@ Each file is prepared as the run's evaluation prepared its test images:
 The digits model learned scikit-learn's digits: a light digit on a dark background, filling most of the square.
 A photo of dark ink on white paper must be inverted (``--invert``) and cropped close to the digit; a model of 16x16
 (or 8x8) pixels sees very little else. Sparse routers route groups of images together: the files are grouped
-among themselves, in the evaluation order (``train.loop.evaluation_order``), as a test batch is.
+among themselves, in the evaluation order (``train.evaluators.evaluation_order``), as a test batch is.
 """
 
 from __future__ import annotations
@@ -26,7 +26,10 @@ import numpy as np
 
 from . import checkpoint
 from .config import Config
-from .loop import _in_batches, _saved_config, as_splits, load_data, load_model
+from .evaluators import in_batches
+from .input_pipeline import as_splits, load_data
+from .trained import load_model
+from .workdir import saved_config
 
 
 def prepare_images(paths, config: Config, *, invert: bool = False, dataset=None) -> np.ndarray:
@@ -71,12 +74,12 @@ def predict(workdir, paths, *, top: int = 5, invert: bool = False, step: int | N
     workdir = Path(workdir)
     if not paths:
         raise ValueError("no image files given")
-    config = _saved_config(workdir)
+    config = saved_config(workdir)
     dataset = load_data(config)
     images = prepare_images(paths, config, invert=invert, dataset=dataset)
     model, config = load_model(workdir, step, config=config)
     groups = 1 if config.model.router == "soft_moe" or config.model.dense else config.model.group_images
-    probabilities = _in_batches(_probabilities, model, images, groups, None)
+    probabilities = in_batches(_probabilities, model, images, groups, None)
     names = as_splits(dataset).class_names
     out = []
     for row in probabilities:

@@ -16,8 +16,12 @@ from jax.sharding import PartitionSpec as P
 import train
 from optimized import DATA, EXPERT, ROUTERS, MoELayer, ViTMoE, make_mesh, moe_over_groups, shardings
 from train import checkpoint
-from train.config import override, resolve
-from train.loop import batch_sharding, load_data, make_optimizer, make_step
+from train.config import override
+from train.input_pipeline import load_data
+from train.presets import resolve
+from train.sharding import batch_sharding
+from train.state import make_optimizer
+from train.trainer import make_step
 
 MESHES = [(8, 1), (4, 2), (2, 4), (1, 8)]
 SINGLE = (1, 1)

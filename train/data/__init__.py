@@ -13,7 +13,7 @@
 - ``splits``: ``Splits``, what a run reads, from a ``Dataset`` or a streaming source.
 
 What it may import: numpy, Pillow, grain and array_record (inside the functions that read shards), scikit-learn
-(digits); never JAX: ``train.loop`` makes global arrays of the batches.
+(digits); never JAX: ``train.sharding`` makes global arrays of the batches.
 """
 
 from .arrays import Dataset as Dataset

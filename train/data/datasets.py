@@ -286,7 +286,7 @@ def _load_imagefolder(*, path: str, image_size: int, channels: int, test_fractio
     """A small image folder decoded into memory: the splits of ``sources.read_image_folder``, every image through
     the evaluation ops' ``decode`` and ``resize_central_crop`` (largest central square, bilinear), in [0, 1], then
     normalized like every in-memory dataset. For folders too large for RAM, train with ``data.name=imagefolder``
-    (``train.loop.load_data`` streams it) or convert it to shards (``python -m train.prepare``).
+    (``train.input_pipeline.load_data`` streams it) or convert it to shards (``python -m train.prepare``).
 
     An image file that cannot be decoded is an error naming the file, never skipped.
     """

@@ -6,7 +6,7 @@ pipeline, so the order, the sharding over hosts and resuming are one code path f
 - ``BatchOrder(n, B, seed).indices(step)``: the global batch of a step, a slice of a permutation drawn from
   (seed, epoch). A run restarted at step s reads the batch of step s: the loader position is the step.
 - ``process_share(indices, process_index, process_count)``: the rows of the global batch that one JAX process
-  reads (a contiguous block: the rows its devices hold under ``train.loop.batch_sharding``).
+  reads (a contiguous block: the rows its devices hold under ``train.sharding.batch_sharding``).
 - ``example_rng(seed, index, epoch)`` (``ops``): every random choice of preprocessing.
 
 ``TrainLoader.batches(start, end)`` yields the process-local batches of steps [start, end) through grain: a
@@ -14,7 +14,7 @@ pipeline, so the order, the sharding over hosts and resuming are one code path f
 ``workers`` worker processes when ``workers > 0``. ``EvalBatches`` reads a split for evaluation in a fixed order
 that depends on the examples alone.
 
-What it may import: numpy, grain and this package. JAX stays in ``train.loop``, which turns a process-local batch
+What it may import: numpy, grain and this package. JAX stays in ``train.sharding``, which turns a process-local batch
 into a global ``jax.Array`` (``jax.make_array_from_process_local_data``).
 
 Dimensions: B images per global batch, H x W pixels, ch channels.
@@ -76,8 +76,8 @@ def process_share(indices: np.ndarray, process_index: int, process_count: int) -
 
     Choice: contiguous blocks, process p reads rows [p B / P, (p + 1) B / P): under ``batch_sharding`` the batch
     axis is split over the devices in mesh order and ``jax.make_array_from_process_local_data`` places each
-    process's rows on its own devices (``train.loop`` checks that the rows match). The shares are disjoint and
-    their union, in process order, is the global batch.
+    process's rows on its own devices (``train.sharding.check_process_rows`` checks that the rows match). The
+    shares are disjoint and their union, in process order, is the global batch.
 
     >>> [process_share(np.arange(6), p, 2).tolist() for p in range(2)]
     [[0, 1, 2], [3, 4, 5]]
@@ -200,7 +200,7 @@ class EvalBatches:
     """A split read for evaluation: full batches of ``batch_size`` in an order that depends on the examples alone.
 
     Choice: examples are sorted by a hash of their stored bytes (``source.key``: the decoded array for in-memory
-    data, the encoded file bytes for files and shards), as ``train.loop.evaluation_order`` explains; the keys are
+    data, the encoded file bytes for files and shards), as ``train.evaluators.evaluation_order`` explains; the keys are
     computed once (one read of the split). A partial last batch is filled with examples from the start of the
     same order, whose outputs are discarded. ``preprocess`` is the evaluation ops (deterministic).
     """

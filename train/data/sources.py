@@ -77,7 +77,7 @@ class InMemorySource:
         return f"{self.name} example {index}"
 
     def key(self, index: int) -> bytes:
-        """A hash of the image's bytes: what evaluation sorts by (``train.loop.evaluation_order``)."""
+        """A hash of the image's bytes: what evaluation sorts by (``train.evaluators.evaluation_order``)."""
         return _digest(np.ascontiguousarray(self.images[index]).tobytes())
 
 

@@ -2,7 +2,7 @@
 
 ``from_dataset`` wraps an in-memory ``Dataset`` (no ops: its arrays are decoded and normalized already);
 ``open_streaming`` opens an image folder or a shard directory (ops from ``train.data.ops``: augmentation for
-training with ``augment``, resize + central crop for evaluation). ``train.loop`` sees only ``Splits``.
+training with ``augment``, resize + central crop for evaluation). training and evaluation see only ``Splits``.
 
 What it may import: numpy and this package.
 """

@@ -1,4 +1,5 @@
-"""The paper's 10-shot linear probe (sec. 3.3): closed-form ridge regression from frozen features to one-hot targets.
+"""The paper's 10-shot linear probe (sec. 3.3), its math: closed-form ridge regression from frozen features to
+one-hot targets (``train.evaluators.fewshot`` runs it on a model).
 
 What it is for: ``fewshot_accuracy(train_features, train_labels, test_features, test_labels)`` measures how well
 a pre-trained model's fixed image embeddings transfer, as the paper does on ImageNet-1k with 10 images per class,
