@@ -18,14 +18,11 @@ import train
 from train import checkpoint
 from train.preemption import EXIT_STATUS
 from train.presets import resolve
-from train.state import make_optimizer
+from train.state import init_state
 
 
 def _like(config):
-    from optimized import ViTMoE
-
-    model = ViTMoE(config.model, key=jax.random.key(0))
-    return model, make_optimizer(config)[0].init(eqx.filter(model, eqx.is_array))
+    return tuple(init_state(config)[:2])
 
 
 def _leaves(tree):
@@ -220,7 +217,6 @@ def test_evaluate_and_predict_clis(two_checkpoints, tmp_path, capsys):
 
 
 def test_gradient_accumulation_equals_the_large_batch_step(tiny_data):
-    from optimized import ViTMoE
     from train.sharding import batch_sharding, make_mesh
     from train.trainer import make_step
 
@@ -228,9 +224,7 @@ def test_gradient_accumulation_equals_the_large_batch_step(tiny_data):
     mesh = make_mesh(config)
 
     def run(accumulate):
-        model = ViTMoE(config.model, key=jax.random.key(0))
-        optimizer = make_optimizer(config)[0]
-        opt_state = optimizer.init(eqx.filter(model, eqx.is_array))
+        model, opt_state, optimizer, _ = init_state(config)
         step_fn = make_step(optimizer, 0.0, config.model.num_classes, accumulate, mesh.size)
         losses = []
         with jax.set_mesh(mesh):

@@ -1,4 +1,4 @@
-"""train.fewshot_probe: the 10-shot linear probe on features with known answers, its l2 choice, and bad input."""
+"""train.evaluators.ridge_probe: the 10-shot linear probe on features with known answers, its l2 choice, bad input."""
 
 import doctest
 

@@ -7,7 +7,6 @@ import re
 import subprocess
 import sys
 
-import equinox as eqx
 import jax
 import numpy as np
 import pytest
@@ -21,11 +20,9 @@ from train.workdir import ConfigMismatchError
 
 
 def saved_params(workdir, config):
-    from optimized import ViTMoE
-    from train.state import make_optimizer
+    from train.state import init_state
 
-    model = ViTMoE(config.model, key=jax.random.key(0))
-    opt_state = make_optimizer(config)[0].init(eqx.filter(model, eqx.is_array))
+    model, opt_state, _, _ = init_state(config)
     return checkpoint.restore(checkpoint.latest(workdir), (model, opt_state))
 
 
@@ -155,8 +152,8 @@ def test_evaluation_does_not_depend_on_how_the_test_set_is_stored(tmp_path, tiny
     # An Expert Choice model (it routes the best tokens of a whole group of images per expert, so a token's output
     # depends on its group mates), trained a few steps so that its head is not zero.
     from train.evaluators import evaluate_accuracy, in_batches
-    from train.evaluators import features as features_of
     from train.evaluators import evaluation_order as order_of
+    from train.evaluators import features as features_of
     from train.sharding import batch_sharding, make_mesh
 
     config = resolve("tiny", router="softmax_expert_choice", steps=6, overrides=("eval_every=6",))

@@ -87,13 +87,13 @@ def test_digits_options_size_channels_fraction():
 
 def test_resize_weights():
     for n_in, n_out in ((8, 16), (8, 12), (32, 16), (32, 24), (5, 5)):
-        weights = D._resize_matrix(n_in, n_out)
+        weights = D.resize_matrix(n_in, n_out)
         np.testing.assert_allclose(weights.sum(axis=1), 1.0)  # a constant image stays constant
         assert (weights >= 0).all()
     # Halving averages 2x2 blocks; doubling with half-pixel centres puts 3/4 on the nearer pixel.
     image = np.arange(16.0).reshape(1, 4, 4, 1)
-    np.testing.assert_allclose(D._resize(image, 2)[0, :, :, 0], [[2.5, 4.5], [10.5, 12.5]])
-    np.testing.assert_allclose(D._resize_matrix(2, 4), [[1, 0], [0.75, 0.25], [0.25, 0.75], [0, 1]])
+    np.testing.assert_allclose(D.resize_images(image, 2)[0, :, :, 0], [[2.5, 4.5], [10.5, 12.5]])
+    np.testing.assert_allclose(D.resize_matrix(2, 4), [[1, 0], [0.75, 0.25], [0.25, 0.75], [0, 1]])
 
 
 # ------------------------------------------------------------------------------------------------- synthetic

@@ -20,7 +20,7 @@ from train.config import override
 from train.input_pipeline import load_data
 from train.presets import resolve
 from train.sharding import batch_sharding
-from train.state import make_optimizer
+from train.state import init_state
 from train.trainer import make_step
 
 MESHES = [(8, 1), (4, 2), (2, 4), (1, 8)]
@@ -107,9 +107,7 @@ def test_forward_exchanges_exactly_two_all_to_alls_per_moe_layer(router, mesh_sh
 def _train_steps(config, mesh_shape, steps=3):
     dataset = load_data(config)
     mesh = make_mesh(*mesh_shape)
-    model = ViTMoE(config.model, key=jax.random.key(0))
-    optimizer, _ = make_optimizer(config)
-    opt_state = optimizer.init(eqx.filter(model, eqx.is_array))
+    model, opt_state, optimizer, _ = init_state(config)
     step_fn = make_step(optimizer, 0.0, config.model.num_classes)
     losses = []
     with jax.set_mesh(mesh):
@@ -160,9 +158,7 @@ def test_checkpoints_load_under_another_mesh(tmp_path):
     assert resumed["test_accuracy"] == pytest.approx(done["test_accuracy"], abs=1 / 450 + 1e-9)
 
     def params(workdir):
-        model = ViTMoE(config.model, key=jax.random.key(0))
-        opt_state = make_optimizer(config)[0].init(eqx.filter(model, eqx.is_array))
-        return jax.tree.leaves(eqx.filter(checkpoint.restore(checkpoint.latest(workdir), (model, opt_state)),
+        return jax.tree.leaves(eqx.filter(checkpoint.restore(checkpoint.latest(workdir), tuple(init_state(config)[:2])),
                                           eqx.is_array))  # fmt: skip
 
     for p, p0 in zip(params(tmp_path / "moved"), params(tmp_path / "one"), strict=True):

@@ -17,9 +17,9 @@ What it may import: numpy, Pillow, grain and array_record (inside the functions 
 """
 
 from .arrays import Dataset as Dataset
-from .arrays import _resize as _resize
-from .arrays import _resize_matrix as _resize_matrix
 from .arrays import from_arrays as from_arrays
+from .arrays import resize_images as resize_images
+from .arrays import resize_matrix as resize_matrix
 from .datasets import DATASETS as DATASETS
 from .datasets import OPTIONS as OPTIONS
 from .datasets import load as load

@@ -21,10 +21,10 @@ import numpy as np
 # Tags that keep this package's random streams apart: the same seed never gives correlated draws in two places.
 _SPLIT_STREAM = 1
 _ORDER_STREAM = 2  # no longer drawn from (the one training order is ``loader.BatchOrder``); kept reserved
-_SYNTHETIC_STREAM = 3
-_PARTS_STREAM = 4
-_AUGMENT_STREAM = 5
-_FEWSHOT_STREAM = 6
+SYNTHETIC_STREAM = 3
+PARTS_STREAM = 4
+AUGMENT_STREAM = 5
+FEWSHOT_STREAM = 6
 
 # --------------------------------------------------------------------------------------------------- Dataset
 
@@ -105,7 +105,7 @@ class Dataset:
 # ------------------------------------------------------------------------------------------------- options
 
 
-def _int_option(key: str, value, *, minimum: int) -> int:
+def int_option(key: str, value, *, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise ValueError(f"option {key!r} must be an integer, got {value!r}")
     if value < minimum:
@@ -113,7 +113,7 @@ def _int_option(key: str, value, *, minimum: int) -> int:
     return int(value)
 
 
-def _float_option(key: str, value, low: float, high: float, *, closed_low: bool = False) -> float:
+def float_option(key: str, value, low: float, high: float, *, closed_low: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
         raise ValueError(f"option {key!r} must be a number, got {value!r}")
     value = float(value)
@@ -123,7 +123,7 @@ def _float_option(key: str, value, low: float, high: float, *, closed_low: bool 
     return value
 
 
-def _path_option(name: str, value) -> str:
+def path_option(name: str, value) -> str:
     if value is None or value == "":
         raise ValueError(f"dataset {name!r} needs option 'path' (a local directory)")
     if not isinstance(value, str | os.PathLike):
@@ -134,7 +134,7 @@ def _path_option(name: str, value) -> str:
 # -------------------------------------------------------------------------------------------- shared helpers
 
 
-def _resize_matrix(n_in: int, n_out: int) -> np.ndarray:
+def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
     """(n_out, n_in) row-stochastic interpolation weights along one axis.
 
     Choice: upsampling is bilinear with half-pixel centres (edge pixels repeated); downsampling averages the
@@ -159,10 +159,10 @@ def _resize_matrix(n_in: int, n_out: int) -> np.ndarray:
     return weights
 
 
-def _resize(images: np.ndarray, size: int) -> np.ndarray:
-    """Resize (B, h, w, ch) images to (B, size, size, ch) float32 with ``_resize_matrix`` along each axis."""
-    rows = _resize_matrix(images.shape[1], size).astype(np.float32)
-    cols = _resize_matrix(images.shape[2], size).astype(np.float32)
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """Resize (B, h, w, ch) images to (B, size, size, ch) float32 with ``resize_matrix`` along each axis."""
+    rows = resize_matrix(images.shape[1], size).astype(np.float32)
+    cols = resize_matrix(images.shape[2], size).astype(np.float32)
     if rows.shape[0] == rows.shape[1] and cols.shape[0] == cols.shape[1]:
         return images.astype(np.float32, copy=False)
     out = np.empty((len(images), size, size, images.shape[3]), np.float32)
@@ -188,7 +188,7 @@ def _channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
-def _normalize(train: np.ndarray, *others: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def normalize(train: np.ndarray, *others: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Normalize float32 ``train`` and ``others`` in place with the per-channel statistics of ``train``."""
     mean, std = _channel_stats(train)
     mean32, std32 = mean.astype(np.float32), std.astype(np.float32)
@@ -204,7 +204,7 @@ def _normalize(train: np.ndarray, *others: np.ndarray) -> tuple[tuple[float, ...
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
-def _stratified_split(labels: np.ndarray, num_classes: int, test_fraction: float, seed: int, what: str):
+def stratified_split(labels: np.ndarray, num_classes: int, test_fraction: float, seed: int, what: str):
     """Sorted (train_indices, test_indices): each class contributes ``round(test_fraction * n)`` test examples.
 
     Choice: the per-class test count is kept within [1, n - 1], so every class has at least one train and one
@@ -223,7 +223,7 @@ def _stratified_split(labels: np.ndarray, num_classes: int, test_fraction: float
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
-def _to_channels(images: np.ndarray, channels: int) -> np.ndarray:
+def to_channels(images: np.ndarray, channels: int) -> np.ndarray:
     """(B, H, W, 1 or 3) -> (B, H, W, channels): gray is repeated; RGB becomes luma (ITU-R BT.601)."""
     have = images.shape[-1]
     if have == channels:
@@ -236,9 +236,9 @@ def _to_channels(images: np.ndarray, channels: int) -> np.ndarray:
     raise ValueError(f"cannot convert {have} channels to {channels}")
 
 
-def _same_classes(name, train_images, train_labels, test_images, test_labels, class_names, options) -> Dataset:
+def same_classes(name, train_images, train_labels, test_images, test_labels, class_names, options) -> Dataset:
     """Normalize and wrap a dataset whose few-shot probe uses the pre-training classes and splits."""
-    mean, std = _normalize(train_images, test_images)
+    mean, std = normalize(train_images, test_images)
     train_labels = train_labels.astype(np.int32)
     test_labels = test_labels.astype(np.int32)
     return Dataset(
@@ -284,7 +284,7 @@ def from_arrays(
     class_names = tuple(str(c) for c in range(num_classes)) if class_names is None else tuple(class_names)
     if len(class_names) < num_classes:
         raise ValueError(f"{len(class_names)} class_names for labels up to {num_classes - 1}")
-    return _same_classes(
+    return same_classes(
         name, arrays["train"][0].astype(np.float32), arrays["train"][1], arrays["test"][0].astype(np.float32),
         arrays["test"][1], class_names, {},
     )  # fmt: skip

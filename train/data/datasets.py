@@ -19,7 +19,7 @@ The datasets (``DATASETS``), their options (``OPTIONS``, with defaults) and what
   re-phased, noisy copy with one random distractor patch. ``heldout_classes`` (20) classes are never seen in
   pre-training; the few-shot probe uses them (as the paper pre-trains on JFT and probes on ImageNet).
   ``images_per_class`` (100) train and ``test_per_class`` (20) test images per class.
-- ``parts``: classes composed of parts, the router study's task (``_load_parts``): ``num_classes`` (150)
+- ``parts``: classes composed of parts, the router study's task (``load_parts``): ``num_classes`` (150)
   classes of ``image_size`` (32) square images on a 4 x 4 grid of cells; a class is one part from each of four
   families of ``PARTS_VARIANTS`` (16) part templates, placed at random cells of each image, inverted 30% of the
   time, with two parts of a fifth, distractor family, a one-pixel shift and pixel noise (``noise``, std 0.25).
@@ -51,15 +51,15 @@ import numpy as np
 
 from .arrays import (
     Dataset,
-    _float_option,
-    _int_option,
-    _path_option,
-    _resize,
-    _same_classes,
-    _stratified_split,
-    _to_channels,
+    float_option,
+    int_option,
+    path_option,
+    resize_images,
+    same_classes,
+    stratified_split,
+    to_channels,
 )
-from .procedural import _load_parts, _load_synthetic
+from .procedural import load_parts, load_synthetic
 from .sources import read_image_folder
 
 DATASETS = ("digits", "synthetic", "parts", "cifar10", "imagefolder")
@@ -120,17 +120,17 @@ def load(name: str, **options) -> Dataset:
                          f"valid options: {', '.join(valid)}")  # fmt: skip
     resolved = {**valid, **options}
     if "path" in resolved:
-        resolved["path"] = _path_option(name, resolved["path"])
+        resolved["path"] = path_option(name, resolved["path"])
     for key in ("image_size", "channels", "seed", "num_classes", "heldout_classes", "images_per_class",
                 "test_per_class", "fewshot_pool_per_class"):  # fmt: skip
         if key in resolved:
-            resolved[key] = _int_option(key, resolved[key], minimum=0 if key in ("seed", "heldout_classes") else 1)
+            resolved[key] = int_option(key, resolved[key], minimum=0 if key in ("seed", "heldout_classes") else 1)
     if "channels" in resolved and name not in ("synthetic", "parts") and resolved["channels"] not in (1, 3):
         raise ValueError(f"option 'channels' must be 1 or 3 for {name!r}, got {resolved['channels']}")
     if "test_fraction" in resolved:
-        resolved["test_fraction"] = _float_option("test_fraction", resolved["test_fraction"], 0.0, 1.0)
+        resolved["test_fraction"] = float_option("test_fraction", resolved["test_fraction"], 0.0, 1.0)
     if "noise" in resolved:
-        resolved["noise"] = _float_option("noise", resolved["noise"], 0.0, math.inf, closed_low=True)
+        resolved["noise"] = float_option("noise", resolved["noise"], 0.0, math.inf, closed_low=True)
     return _LOADERS[name](**resolved)
 
 
@@ -139,18 +139,18 @@ def load(name: str, **options) -> Dataset:
 
 
 def _load_digits(*, image_size: int, channels: int, test_fraction: float, seed: int) -> Dataset:
-    """scikit-learn's digits (1797 8x8 images, pixel values 0..16), resized with ``_resize`` (bilinear up)."""
+    """scikit-learn's digits (1797 8x8 images, pixel values 0..16), resized with ``resize_images`` (bilinear up)."""
     from sklearn.datasets import load_digits  # ships in the wheel: never downloads
 
     bunch = load_digits()
     images = (bunch.images.astype(np.float32) / 16.0)[..., None]
     labels = bunch.target.astype(np.int32)
-    train, test = _stratified_split(labels, 10, test_fraction, seed, "digits")
-    train_images = _to_channels(_resize(images[train], image_size), channels).copy()
-    test_images = _to_channels(_resize(images[test], image_size), channels).copy()
+    train, test = stratified_split(labels, 10, test_fraction, seed, "digits")
+    train_images = to_channels(resize_images(images[train], image_size), channels).copy()
+    test_images = to_channels(resize_images(images[test], image_size), channels).copy()
     options = {"image_size": image_size, "channels": channels, "test_fraction": test_fraction, "seed": seed}
     names = tuple(str(c) for c in range(10))
-    return _same_classes("digits", train_images, labels[train], test_images, labels[test], names, options)
+    return same_classes("digits", train_images, labels[train], test_images, labels[test], names, options)
 
 
 
@@ -244,7 +244,7 @@ def _load_cifar10(*, path: str, image_size: int, channels: int) -> Dataset:
 
     ``path`` is that directory, or a directory holding ``cifar-10-batches-py/`` (as the archive unpacks). Files
     are read with an unpickler that only rebuilds NumPy arrays, so a tampered file cannot run code. Images are
-    scaled to [0, 1], resized with ``_resize`` if ``image_size`` is not 32, turned to luma with ``channels=1``.
+    scaled to [0, 1], resized with ``resize_images`` if ``image_size`` is not 32, turned to luma with ``channels=1``.
     """
     if not os.path.isdir(path):
         raise FileNotFoundError(f"CIFAR-10 directory {path} does not exist")
@@ -267,7 +267,7 @@ def _load_cifar10(*, path: str, image_size: int, channels: int) -> Dataset:
             raw = parts.pop(0)[0]
             images[lo : lo + len(raw)] = raw / np.float32(255)
             lo += len(raw)
-        images = _to_channels(_resize(images, image_size), channels)
+        images = to_channels(resize_images(images, image_size), channels)
         return np.ascontiguousarray(images, np.float32), labels
 
     for f in (*_CIFAR_TRAIN_FILES, _CIFAR_TEST_FILE):  # report a missing file before reading 150 MB
@@ -276,7 +276,7 @@ def _load_cifar10(*, path: str, image_size: int, channels: int) -> Dataset:
     train_images, train_labels = read(_CIFAR_TRAIN_FILES)
     test_images, test_labels = read((_CIFAR_TEST_FILE,))
     options = {"path": path, "image_size": image_size, "channels": channels}
-    return _same_classes("cifar10", train_images, train_labels, test_images, test_labels, names, options)
+    return same_classes("cifar10", train_images, train_labels, test_images, test_labels, names, options)
 
 
 # ---------------------------------------------------------------------------------------------- imagefolder
@@ -305,14 +305,14 @@ def _load_imagefolder(*, path: str, image_size: int, channels: int, test_fractio
 
     options = {"path": path, "image_size": image_size, "channels": channels, "test_fraction": test_fraction,
                "seed": seed}  # fmt: skip
-    return _same_classes("imagefolder", read(folder.train_files), folder.train_labels, read(folder.test_files),
+    return same_classes("imagefolder", read(folder.train_files), folder.train_labels, read(folder.test_files),
                          folder.test_labels, folder.class_names, options)  # fmt: skip
 
 
 _LOADERS = {
     "digits": _load_digits,
-    "synthetic": _load_synthetic,
-    "parts": _load_parts,
+    "synthetic": load_synthetic,
+    "parts": load_parts,
     "cifar10": _load_cifar10,
     "imagefolder": _load_imagefolder,
 }

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .arrays import _AUGMENT_STREAM
+from .arrays import AUGMENT_STREAM
 
 # Choice: big_vision's inception_crop defaults: 5% to 100% of the image area, aspect ratio 3/4 to 4/3 (drawn
 # log-uniformly), 10 attempts before falling back to the largest central crop.
@@ -32,7 +32,7 @@ CROP_ATTEMPTS = 10
 
 def example_rng(seed: int, index: int, epoch: int) -> np.random.Generator:
     """The generator of every random choice made for example ``index`` in epoch ``epoch`` of a run seeded ``seed``."""
-    return np.random.default_rng((int(seed), int(index), int(epoch), _AUGMENT_STREAM))
+    return np.random.default_rng((int(seed), int(index), int(epoch), AUGMENT_STREAM))
 
 
 def decode(data, rng, *, channels: int, what: str = "image"):

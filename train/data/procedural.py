@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from .arrays import _PARTS_STREAM, _SYNTHETIC_STREAM, Dataset, _normalize, _resize, _same_classes
+from .arrays import PARTS_STREAM, SYNTHETIC_STREAM, Dataset, normalize, resize_images, same_classes
 
 # ------------------------------------------------------------------------------------------------ synthetic
 
@@ -94,7 +94,7 @@ def _synthetic_images(
     return images.astype(np.float32)
 
 
-def _load_synthetic(
+def load_synthetic(
     *,
     num_classes: int,
     heldout_classes: int,
@@ -122,10 +122,10 @@ def _load_synthetic(
         raise ValueError("option 'heldout_classes' must be 0 or >= 2 (a probe needs two classes), got 1")
     train_images, test_images, train_labels, test_labels = [], [], [], []
     for c in range(num_classes):
-        proto = _synthetic_prototype(np.random.default_rng((seed, c, 0, _SYNTHETIC_STREAM)), channels)
+        proto = _synthetic_prototype(np.random.default_rng((seed, c, 0, SYNTHETIC_STREAM)), channels)
         for k, (count, images, labels) in enumerate(((images_per_class, train_images, train_labels),
                                                      (test_per_class, test_images, test_labels)), start=1):  # fmt: skip
-            rng = np.random.default_rng((seed, c, k, _SYNTHETIC_STREAM))
+            rng = np.random.default_rng((seed, c, k, SYNTHETIC_STREAM))
             images.append(_synthetic_images(proto, count, image_size, channels, noise, rng))
             labels.append(np.full(count, c, np.int32))
     train_images, test_images = np.concatenate(train_images), np.concatenate(test_images)
@@ -135,12 +135,12 @@ def _load_synthetic(
                    seed=seed)  # fmt: skip
     names = tuple(f"synthetic_{c:03d}" for c in range(num_classes))
     if heldout_classes == 0:
-        return _same_classes("synthetic", train_images, train_labels, test_images, test_labels, names, options)
+        return same_classes("synthetic", train_images, train_labels, test_images, test_labels, names, options)
 
     pretrain = num_classes - heldout_classes  # classes [0, pretrain) pre-train; [pretrain, num_classes) held out
     train_in, test_in = train_labels < pretrain, test_labels < pretrain
     arrays = [train_images[train_in], test_images[test_in], train_images[~train_in], test_images[~test_in]]
-    mean, std = _normalize(*arrays)
+    mean, std = normalize(*arrays)
     return Dataset(
         name="synthetic", train_images=arrays[0], train_labels=train_labels[train_in], test_images=arrays[1],
         test_labels=test_labels[test_in], num_classes=pretrain, class_names=names[:pretrain],
@@ -177,7 +177,7 @@ def parts_vocabulary(cell: int, channels: int, seed: int) -> np.ndarray:
     0.8 times its norm. Tokens of one family look alike (an expert can specialize in a family) and telling its
     variants apart needs finer features.
     """
-    rng = np.random.default_rng((seed, _PARTS_STREAM))
+    rng = np.random.default_rng((seed, PARTS_STREAM))
 
     def unit(x):  # unit RMS over each template's pixels
         return x / np.sqrt(np.mean(x**2, axis=(-3, -2, -1), keepdims=True))
@@ -218,7 +218,7 @@ def _parts_images(vocabulary, variants, count, size, noise, rng) -> np.ndarray:
     images = grid.reshape(count, PARTS_GRID, PARTS_GRID, cell, cell, channels).transpose(0, 1, 3, 2, 4, 5)
     images = images.reshape(count, side, side, channels)
     if side != size:
-        images = _resize(images, size)
+        images = resize_images(images, size)
     shift = rng.integers(-PARTS_SHIFT, PARTS_SHIFT + 1, (count, 2))
     padded = np.pad(images, [(0, 0), (PARTS_SHIFT, PARTS_SHIFT), (PARTS_SHIFT, PARTS_SHIFT), (0, 0)])
     ys = PARTS_SHIFT - shift[:, 0, None] + np.arange(size)  # (count, size)
@@ -227,7 +227,7 @@ def _parts_images(vocabulary, variants, count, size, noise, rng) -> np.ndarray:
     return (images + rng.normal(0, noise, images.shape)).astype(np.float32)
 
 
-def _load_parts(
+def load_parts(
     *,
     num_classes: int,
     heldout_classes: int,
@@ -270,18 +270,18 @@ def _load_parts(
     pretrain = num_classes - heldout_classes
     splits = {"train": ([], []), "test": ([], []), "fewshot_train": ([], []), "fewshot_test": ([], [])}
     for c in range(num_classes):
-        variants = _parts_class(np.random.default_rng((seed, c, 0, _PARTS_STREAM)))
+        variants = _parts_class(np.random.default_rng((seed, c, 0, PARTS_STREAM)))
         if c < pretrain:
             wanted = (("train", images_per_class, c), ("test", test_per_class, c))
         else:
             wanted = (("fewshot_train", fewshot_pool_per_class, c - pretrain), ("fewshot_test", test_per_class,
                                                                                 c - pretrain))  # fmt: skip
         for k, (split, count, label) in enumerate(wanted, start=1):
-            rng = np.random.default_rng((seed, c, k, _PARTS_STREAM))
+            rng = np.random.default_rng((seed, c, k, PARTS_STREAM))
             splits[split][0].append(_parts_images(vocabulary, variants, count, image_size, noise, rng))
             splits[split][1].append(np.full(count, label, np.int32))
     arrays = {name: (np.concatenate(images), np.concatenate(labels)) for name, (images, labels) in splits.items()}
-    mean, std = _normalize(*(images for images, _ in arrays.values()))
+    mean, std = normalize(*(images for images, _ in arrays.values()))
     options = dict(num_classes=num_classes, heldout_classes=heldout_classes, images_per_class=images_per_class,
                    test_per_class=test_per_class, fewshot_pool_per_class=fewshot_pool_per_class,
                    image_size=image_size, channels=channels, noise=noise, seed=seed)  # fmt: skip

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .arrays import _stratified_split
+from .arrays import stratified_split
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 # Choice: a train/test layout is recognized by these sub-folder names (the first present is the test split).
@@ -167,7 +167,7 @@ def read_image_folder(path, *, test_fraction: float = 0.25, seed: int = 0, verif
         layout = "split"
     else:
         classes, files, labels = _scan_classes(path)
-        train, test = _stratified_split(labels, len(classes), test_fraction, seed, f"image folder {path}")
+        train, test = stratified_split(labels, len(classes), test_fraction, seed, f"image folder {path}")
         train_files, test_files = [files[i] for i in train], [files[i] for i in test]
         train_labels, test_labels = labels[train], labels[test]
         layout = "stratified"

@@ -14,7 +14,7 @@ import dataclasses
 import numpy as np
 
 from . import ops
-from .arrays import _FEWSHOT_STREAM, Dataset
+from .arrays import FEWSHOT_STREAM, Dataset
 from .sources import ArrayRecordSource, ImageFolderSource, InMemorySource, read_image_folder, read_manifest
 
 STREAMING = ("imagefolder", "arrayrecord")
@@ -66,7 +66,7 @@ def fewshot_pool(labels: np.ndarray, num_classes: int, per_class: int, seed: int
     Choice: for streaming data the probe draws its shots from this subset of the train split, materialized in
     memory (``num_classes * per_class`` images: 20,000 for ImageNet at 20 per class), not from the whole split.
     """
-    rng = np.random.default_rng((seed, _FEWSHOT_STREAM))
+    rng = np.random.default_rng((seed, FEWSHOT_STREAM))
     chosen = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(num_classes)]
     return np.sort(np.concatenate(chosen))
 
