@@ -275,5 +275,5 @@ def test_sinkhorn_diagnosis_on_trained_token_choice_runs(tmp_path):
     assert all(0 <= d["dropped_fraction"] <= 1 and d["load_cv"] >= 0 for d in found)
     assert found[0]["plan_error"] == 0  # Softmax Token Choice solves no transport problem
     assert found[2]["plan_error"] <= found[1]["plan_error"]  # Sinkhorn iterations only bring the plan closer
-    text = "\n".join(study._diagnosis_text(found))
+    text = "\n".join(study.diagnosis_text(found))
     assert "| Sinkhorn Token Choice | 1 | 200 |" in text and "At k = 1" in text
