@@ -21,6 +21,7 @@ from pathlib import Path
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 import optimized
@@ -116,12 +117,43 @@ def train_and_evaluate(
     config.validate()
     workdir = Path(workdir)
     mesh = make_mesh(config)  # a mesh that does not fit the devices, the batch or E fails before anything is written
+    lock = files.WorkdirLock(workdir)
+    try:
+        if workdir.exists():  # a second training in this workdir is refused at once
+            _lock(lock)
+        return _train_and_evaluate(config, workdir, mesh, lock, stop_after, progress, dataset)
+    finally:
+        lock.release()
+
+
+def _lock(lock: files.WorkdirLock) -> None:
+    """Process 0 takes the workdir's lock; every process learns whether it could (so all stop together)."""
+    error = None
+    if jax.process_index() == 0:
+        try:
+            lock.acquire()
+        except files.WorkdirInUseError as err:
+            error = err
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        if multihost_utils.broadcast_one_to_all(np.int32(error is not None)) and error is None:
+            raise files.WorkdirInUseError(f"process 0 could not lock {lock.workdir}: see its message")
+    if error is not None:
+        raise error
+
+
+def _train_and_evaluate(config: Config, workdir: Path, mesh, lock, stop_after, progress, dataset) -> dict:
     files.check_or_write_config(config, workdir, write=False)  # another run's workdir is refused before data is read
+    meta = checkpoint.latest(workdir)
+    if meta is not None:  # the config saved with the checkpoints: the run's even when config.json is gone
+        _check_checkpoint_config(config, workdir, meta)
     splits = as_splits(load_data(config) if dataset is None else dataset)  # bad data: refused before any write
     if len(splits.train) < config.batch_size:
         raise ValueError(f"batch_size {config.batch_size} is larger than the {len(splits.train)} training examples "
                          f"of the {splits.name} data; set --batch-size")  # fmt: skip
     workdir.mkdir(parents=True, exist_ok=True)
+    _lock(lock)
     files.check_or_write_config(config, workdir, write=jax.process_index() == 0)
     data_sharding = batch_sharding(mesh)
     check_process_rows(data_sharding, config.batch_size)
@@ -157,7 +189,7 @@ def train_and_evaluate(
     first_bad = jnp.zeros((), jnp.int32)
     bad_loss = jnp.zeros((), jnp.float32)
     timer = _Timer(config.batch_size)
-    checkpoints = checkpoint.Checkpoints(workdir, keep=config.keep_checkpoints,
+    checkpoints = checkpoint.Checkpoints(workdir, keep=config.keep_checkpoints, config_json=config.to_json(),
                                          keep_every=config.keep_checkpoints_every or None)  # fmt: skip
     log = open(files.metrics_path(workdir), "a") if writer else None
     try:
@@ -225,6 +257,17 @@ def train_and_evaluate(
     files.write_summary(workdir, summary)
     plot_run(workdir)
     return summary
+
+
+def _check_checkpoint_config(config: Config, workdir: Path, meta: dict) -> None:
+    saved = checkpoint.recorded_config(meta)
+    if saved is not None:
+        files.check_config(config, saved, meta["path"])
+    elif not (workdir / files.CONFIG).exists():
+        raise files.ConfigMismatchError(
+            f"{meta['path']} holds no copy of its run's config (written before checkpoints kept one) and {workdir} "
+            f"has no {files.CONFIG}: nothing tells which config these checkpoints belong to; use a new --workdir"
+        )
 
 
 @jax.jit
