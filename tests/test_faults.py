@@ -68,7 +68,7 @@ def test_a_committed_step_is_recorded_at_once_and_the_older_ones_outlive_it(tmp_
 
 @pytest.mark.parametrize("damage", ["cut", "not JSON", "not a record"])
 def test_a_partial_or_unreadable_record_is_never_taken_for_a_complete_step(copy, damage, capsys):
-    workdir, config = copy
+    workdir, _ = copy
     sidecar = workdir / "checkpoints" / "2" / checkpoint.SIDECAR
     text = sidecar.read_text()
     sidecar.write_text({"cut": text[: len(text) // 2], "not JSON": "\x01" + text, "not a record": "[1, 2]"}[damage])
@@ -90,8 +90,11 @@ def test_without_config_json_another_config_cannot_continue_the_checkpoints(copy
     assert not (workdir / "config.json").exists()  # refused before anything was written
     assert checkpoint.complete_steps(workdir) == [1, 2]
     # a field that cannot change a result may differ from the checkpoint's copy
-    files.check_config(config.replace(checkpoint_every=3, data=config.data.__class__(**{
-        **config.data.__dict__, "workers": 2})), checkpoint.recorded_config(checkpoint.latest(workdir)), "here")
+    recorded = checkpoint.recorded_config(checkpoint.latest(workdir))
+    workers = config.data.__class__(**{**config.data.__dict__, "workers": 2})
+    files.check_config(config.replace(checkpoint_every=3, keep_checkpoints=5, data=workers), recorded, "here")
+    with pytest.raises(ConfigMismatchError, match=r"here holds .*log_every: 1 -> 2"):  # changes what is logged
+        files.check_config(config.replace(log_every=2), recorded, "here")
 
 
 # ------------------------------------------------------------------ 3: an edited record does not switch it off
@@ -99,7 +102,7 @@ def test_without_config_json_another_config_cannot_continue_the_checkpoints(copy
 
 @pytest.mark.parametrize("edit", ["unlisted", "added file"])
 def test_an_edited_record_cannot_switch_the_integrity_check_off(copy, edit):
-    workdir, config = copy
+    workdir, _ = copy
     step_dir = workdir / "checkpoints" / "2"
     sidecar = step_dir / checkpoint.SIDECAR
     record = json.loads(sidecar.read_text())
@@ -113,7 +116,8 @@ def test_an_edited_record_cannot_switch_the_integrity_check_off(copy, edit):
     else:
         name = "model/extra"
         (step_dir / name).write_bytes(b"\0" * 16)
-    with pytest.raises(checkpoint.CorruptCheckpointError, match=rf"{re.escape(name)} is not in its {checkpoint.SIDECAR}"):
+    unlisted = rf"{re.escape(name)} is not in its {checkpoint.SIDECAR}"
+    with pytest.raises(checkpoint.CorruptCheckpointError, match=unlisted):
         train.load_model(workdir)
     assert train.load_model(workdir, 1)[0] is not None  # the other step is untouched
 
@@ -152,7 +156,7 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path, capsys):
 
 
 def test_a_cut_last_line_of_the_metrics_is_dropped_with_a_note(copy, capsys):
-    workdir, config = copy
+    workdir, _ = copy
     path = files.metrics_path(workdir)
     whole = path.read_text()
     path.write_text(whole + '{"step": 3, "lo')  # the write of step 3 cut by a full disk
@@ -163,3 +167,42 @@ def test_a_cut_last_line_of_the_metrics_is_dropped_with_a_note(copy, capsys):
     path.write_text(whole.replace('"step": 1', '"step" 1'))  # not a cut: a damaged line in the middle
     with pytest.raises(ValueError, match=rf"{re.escape(str(path))}, line 1 is not a JSON record"):
         files.read_metrics(workdir)
+
+
+# ------------------------------------------------------------- what can be checked before training is checked
+
+
+@pytest.mark.parametrize(("change", "pattern"), [
+    ({"fewshot_shots": 1000}, r"fewshot_shots 1000 needs 1001 examples of every class in the probe's pool, but class "
+                              r"\d+ has \d+: set --set fewshot_shots=N with N <= \d+"),
+    ({"router": "softmax_token_choice", "factor": 1.5}, r"model config refused: factor must be an integer"),
+    ({"workdir": "a file"}, r"--workdir .*a file is a file, not a directory"),
+])  # fmt: skip
+def test_a_start_is_refused_before_anything_is_written(tmp_path, tiny, tiny_data, change, pattern):
+    config, workdir = tiny, tmp_path / "run"
+    if "fewshot_shots" in change:
+        config = tiny.replace(fewshot_shots=change["fewshot_shots"])
+    elif "router" in change:
+        config = tiny.replace(model=tiny.model.__class__(**{**tiny.model.__dict__, **change}))
+    else:
+        workdir = tmp_path / change["workdir"]
+        workdir.write_text("")
+    with pytest.raises(ValueError, match=pattern):
+        train.train_and_evaluate(config, workdir, progress=False, dataset=tiny_data)
+    assert not (tmp_path / "run").exists()  # the corrected command starts afresh in the same workdir
+    with pytest.raises(ValueError, match=r"steps must be < 2\*\*31 = 2147483648, got 100000000000000000000000"):
+        train.resolve("tiny", steps=10**23)
+
+
+def test_a_step_is_saved_before_it_is_evaluated(tmp_path, tiny, tiny_data, monkeypatch):
+    import train.trainer
+
+    def broken(*args, **kwargs):  # a test image that passed the checks at opening, unreadable at evaluation
+        raise OSError("image file is truncated")
+
+    monkeypatch.setattr(train.trainer, "evaluate_accuracy", broken)
+    config = tiny.replace(steps=4, eval_every=2, checkpoint_every=2, log_every=1)
+    with pytest.raises(OSError, match="truncated"):
+        train.train_and_evaluate(config, tmp_path, progress=False, dataset=tiny_data)
+    assert checkpoint.complete_steps(tmp_path) == [2]  # the training of steps 1-2 is kept
+    assert [r["step"] for r in files.read_metrics(tmp_path)] == [1, 2]

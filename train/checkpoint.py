@@ -104,11 +104,14 @@ def read_record(step_dir: Path) -> dict[str, str]:
         record = json.loads(sidecar.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise CorruptCheckpointError(f"{sidecar} is unreadable ({err})") from None
-    if not (isinstance(record, dict) and record and all(
-            isinstance(name, str) and not name.startswith("/") and ".." not in Path(name).parts
-            and isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value) for name, value in record.items())):
+    if not (isinstance(record, dict) and record and all(_is_entry(name, value) for name, value in record.items())):
         raise CorruptCheckpointError(f"{sidecar} is unreadable (not a record of file names and SHA-256 digests)")
     return record
+
+
+def _is_entry(name, value) -> bool:  # a file of the step (a relative path inside it) and a SHA-256
+    inside = isinstance(name, str) and not name.startswith("/") and ".." not in Path(name).parts
+    return inside and isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value) is not None
 
 
 def _verify(step_dir: Path, items: tuple[str, ...] = ITEMS) -> None:
@@ -360,9 +363,15 @@ class Checkpoints:
 
             multihost_utils.sync_global_devices("checkpoint recorded")
 
-    def close(self) -> None:
+    def close(self, *, quiet: bool = False) -> None:
+        """Finish the last save and close. ``quiet`` (the run is already failing): a save that fails too is only
+        noted, so the run's own error is the one reported."""
         try:
             self.finish()
+        except Exception as err:
+            if not quiet:
+                raise
+            _say(f"note: the last checkpoint could not be written either: {err}")
         finally:
             self.manager.close()
 

@@ -30,7 +30,7 @@ from . import checkpoint
 from . import workdir as files
 from .config import Config
 from .data import TrainLoader
-from .evaluators import evaluate_accuracy, fewshot
+from .evaluators import check_probe_pool, evaluate_accuracy, fewshot
 from .input_pipeline import as_splits, load_data
 from .plots import plot_run
 from .preemption import Preempted, SignalGuard
@@ -132,7 +132,7 @@ def _lock(lock: files.WorkdirLock) -> None:
     if jax.process_index() == 0:
         try:
             lock.acquire()
-        except files.WorkdirInUseError as err:
+        except (files.WorkdirInUseError, ValueError) as err:
             error = err
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
@@ -148,19 +148,26 @@ def _train_and_evaluate(config: Config, workdir: Path, mesh, lock, stop_after, p
     meta = checkpoint.latest(workdir)
     if meta is not None:  # the config saved with the checkpoints: the run's even when config.json is gone
         _check_checkpoint_config(config, workdir, meta)
+    key = jax.random.key(config.seed)
+    init_key, train_key = jax.random.split(key)
+    try:  # a model the config cannot build (a factor its router does not take) is refused before any write
+        model, opt_state, optimizer, schedule = init_state(config, init_key)
+    except TypeError as err:  # optimized's checks raise TypeError for a value of the wrong kind
+        raise ValueError(f"model config refused: {err}") from err
     splits = as_splits(load_data(config) if dataset is None else dataset)  # bad data: refused before any write
     if len(splits.train) < config.batch_size:
         raise ValueError(f"batch_size {config.batch_size} is larger than the {len(splits.train)} training examples "
                          f"of the {splits.name} data; set --batch-size")  # fmt: skip
-    workdir.mkdir(parents=True, exist_ok=True)
-    _lock(lock)
-    files.check_or_write_config(config, workdir, write=jax.process_index() == 0)
+    check_probe_pool(splits, config)  # the probe after training: its sizes are checked now
     data_sharding = batch_sharding(mesh)
     check_process_rows(data_sharding, config.batch_size)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"--workdir {workdir}: cannot create it ({err.strerror or err})") from None
+    _lock(lock)
+    files.check_or_write_config(config, workdir, write=jax.process_index() == 0)
 
-    key = jax.random.key(config.seed)
-    init_key, train_key = jax.random.split(key)
-    model, opt_state, optimizer, schedule = init_state(config, init_key)
     model, opt_state = jax.device_put((model, opt_state), optimized.shardings((model, opt_state), mesh))
     start = 0
     meta = checkpoint.latest(workdir, report=True)
@@ -215,15 +222,18 @@ def _train_and_evaluate(config: Config, workdir: Path, mesh, lock, stop_after, p
                     record = {"step": done, **host, "learning_rate": float(schedule(step)),
                               "images_per_second": timer.rate()}  # fmt: skip
                     bar.set_postfix_str(f"loss {host['loss']:.3f} batch acc {host['accuracy']:.3f}", refresh=False)
-                if eval_now:
-                    test_accuracy = evaluate_accuracy(model, splits.test, splits.test.labels, config.batch_size,
-                                                      data_sharding, splits.eval_ops, config.data.workers)  # fmt: skip
-                    record = (record or {"step": done}) | {"test_accuracy": test_accuracy}
-                if record is not None and log is not None:
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()
-                if save_now:
+                if save_now:  # saved before it is evaluated: an evaluation that fails loses no training
                     checkpoints.save(done, model, opt_state)
+                try:
+                    if eval_now:
+                        test_accuracy = evaluate_accuracy(model, splits.test, splits.test.labels, config.batch_size,
+                                                          data_sharding, splits.eval_ops,
+                                                          config.data.workers)  # fmt: skip
+                        record = (record or {"step": done}) | {"test_accuracy": test_accuracy}
+                finally:  # the step's training metrics are logged even if its evaluation fails
+                    if record is not None and log is not None:
+                        log.write(json.dumps(record) + "\n")
+                        log.flush()
                 bar.update(1)
                 if stop:
                     checkpoints.close()
@@ -232,8 +242,8 @@ def _train_and_evaluate(config: Config, workdir: Path, mesh, lock, stop_after, p
             checkpoints.close()
             if guard.should_stop():  # a signal during the last step's save: the run is complete, say so anyway
                 raise Preempted(end, guard.seen or "a signal (on another process)", workdir)
-    finally:
-        checkpoints.manager.close()
+    finally:  # the last save is committed and recorded, whatever ended the loop
+        checkpoints.close(quiet=True)
         if log is not None:
             log.close()
     bar.close()

@@ -102,10 +102,13 @@ class WorkdirLock:
     def acquire(self) -> None:
         if self._file is not None:
             return
+        if not self.workdir.is_dir():
+            raise ValueError(f"--workdir {self.workdir} is {'a file' if self.workdir.exists() else 'missing'}, "
+                             "not a directory")  # fmt: skip
         try:
             f = open(self.path, "a+")
         except OSError as err:
-            raise WorkdirInUseError(f"cannot write in workdir {self.workdir}: {err.strerror or err}") from None
+            raise ValueError(f"--workdir {self.workdir}: cannot write in it ({err.strerror or err})") from None
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
