@@ -206,3 +206,23 @@ def test_a_step_is_saved_before_it_is_evaluated(tmp_path, tiny, tiny_data, monke
         train.train_and_evaluate(config, tmp_path, progress=False, dataset=tiny_data)
     assert checkpoint.complete_steps(tmp_path) == [2]  # the training of steps 1-2 is kept
     assert [r["step"] for r in files.read_metrics(tmp_path)] == [1, 2]
+
+
+def test_a_save_on_a_full_disk_is_one_line_and_removes_what_it_half_wrote(tmp_path, monkeypatch):
+    import errno
+
+    saver = checkpoint.Checkpoints(tmp_path)
+    saver.save(1, *_state(1))
+    saver.finish()
+
+    def full(step_dir):
+        raise OSError(errno.ENOSPC, "No space left on device", str(step_dir / checkpoint.SIDECAR))
+
+    monkeypatch.setattr(checkpoint, "_write_sidecar", full)
+    saver.save(2, *_state(2))
+    pattern = (r"could not write checkpoint 2 in .*checkpoints \(No space left on device: .*2/sha256.json\); its "
+               r"partial files were removed. The last complete checkpoint is step 1.")  # fmt: skip
+    with pytest.raises(checkpoint.CheckpointWriteError, match=pattern):
+        saver.finish()
+    saver.close()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1"]

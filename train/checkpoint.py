@@ -52,6 +52,10 @@ class CorruptCheckpointError(RuntimeError):
     pass
 
 
+class CheckpointWriteError(RuntimeError):  # a save that failed (a full disk, a lost mount): one line, no traceback
+    pass
+
+
 def _ocp():
     import orbax.checkpoint as ocp
 
@@ -320,7 +324,10 @@ class Checkpoints:
         self.finish()
         args = ocp.args.Composite(model=ocp.args.StandardSave(_arrays(model)),
                                   opt_state=ocp.args.StandardSave(_arrays(opt_state)))  # fmt: skip
-        self.manager.save(step, args=args, force=True)
+        try:
+            self.manager.save(step, args=args, force=True)
+        except Exception as err:
+            raise self._failed(step, err) from err
         self._pending = step
         self._recorder = threading.Thread(target=self._record, args=(step,), name=f"record checkpoint {step}")
         self._recorder.start()
@@ -355,13 +362,36 @@ class Checkpoints:
         if self._pending is None:
             return
         self._recorder.join()
-        error, self._error, self._pending = self._error, None, None
+        step, error, self._error, self._pending = self._pending, self._error, None, None
+        if isinstance(error, Exception):
+            raise self._failed(step, error) from error
         if error is not None:
             raise error
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
             multihost_utils.sync_global_devices("checkpoint recorded")
+
+    def _failed(self, step: int, err: Exception) -> CheckpointWriteError:
+        """The error of a save that failed, once what it half-wrote is removed (process 0): its temporary
+        directory, or the committed step it could not record. Earlier steps are untouched."""
+        if jax.process_index() == 0:
+            for path in [*self.directory.glob(f"{step}.orbax-checkpoint-tmp*"), self.directory / str(step)]:
+                if path.is_dir() and not (path / SIDECAR).exists():
+                    shutil.rmtree(path, ignore_errors=True)
+        cause, reason = err, None
+        while cause is not None and reason is None:  # the first OS error in the chain names the path and the cause
+            if isinstance(cause, OSError) and cause.strerror:
+                reason = f"{cause.strerror}: {cause.filename}" if cause.filename else cause.strerror
+            cause = cause.__cause__ or cause.__context__
+        if reason is None:
+            text = str(err).strip()
+            reason = text.splitlines()[0] if text else type(err).__name__
+        steps = _scan(self.directory)[0]
+        return CheckpointWriteError(
+            f"could not write checkpoint {step} in {self.directory} ({reason}); its partial files were removed. "
+            + (f"The last complete checkpoint is step {steps[-1]}." if steps else "There is no complete checkpoint.")
+        )
 
     def close(self, *, quiet: bool = False) -> None:
         """Finish the last save and close. ``quiet`` (the run is already failing): a save that fails too is only
