@@ -226,3 +226,22 @@ def test_a_save_on_a_full_disk_is_one_line_and_removes_what_it_half_wrote(tmp_pa
         saver.finish()
     saver.close()
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1"]
+
+
+def test_a_step_deleted_while_it_is_read_is_not_an_error(copy, monkeypatch):
+    # a training in the workdir deletes its oldest step once a newer one is recorded (train.evaluate meanwhile)
+    workdir, _ = copy
+    restore, calls = checkpoint.restore, []
+
+    def deleted_under_the_reader(meta, like, items):
+        calls.append(meta["step"])
+        if len(calls) == 1:
+            shutil.rmtree(meta["path"])
+            raise FileNotFoundError(meta["path"] / "model")
+        return restore(meta, like, items)
+
+    monkeypatch.setattr(checkpoint, "restore", deleted_under_the_reader)
+    from train.trained import load_trained
+
+    _, _, step = load_trained(workdir)
+    assert calls == [2, 1] and step == 1
