@@ -148,17 +148,17 @@ def _train_and_evaluate(config: Config, workdir: Path, mesh, lock, stop_after, p
     meta = checkpoint.latest(workdir)
     if meta is not None:  # the config saved with the checkpoints: the run's even when config.json is gone
         _check_checkpoint_config(config, workdir, meta)
+    splits = as_splits(load_data(config) if dataset is None else dataset)  # bad data: refused before any write
+    if len(splits.train) < config.batch_size:
+        raise ValueError(f"batch_size {config.batch_size} is larger than the {len(splits.train)} training examples "
+                         f"of the {splits.name} data; set --batch-size")  # fmt: skip
+    check_probe_pool(splits, config)  # the probe after training: its sizes are checked now
     key = jax.random.key(config.seed)
     init_key, train_key = jax.random.split(key)
     try:  # a model the config cannot build (a factor its router does not take) is refused before any write
         model, opt_state, optimizer, schedule = init_state(config, init_key)
     except TypeError as err:  # optimized's checks raise TypeError for a value of the wrong kind
         raise ValueError(f"model config refused: {err}") from err
-    splits = as_splits(load_data(config) if dataset is None else dataset)  # bad data: refused before any write
-    if len(splits.train) < config.batch_size:
-        raise ValueError(f"batch_size {config.batch_size} is larger than the {len(splits.train)} training examples "
-                         f"of the {splits.name} data; set --batch-size")  # fmt: skip
-    check_probe_pool(splits, config)  # the probe after training: its sizes are checked now
     data_sharding = batch_sharding(mesh)
     check_process_rows(data_sharding, config.batch_size)
     try:
