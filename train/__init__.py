@@ -19,7 +19,7 @@ The house, top to bottom; a module imports only modules below it, never one abov
     input_pipeline    config -> the run's splits
     sharding          the device mesh and global batches
     presets           configs as code; resolve
-    workdir           config.json, metrics.jsonl, summary.json, plots/: the one place their names live
+    workdir           config.json, metrics.jsonl, summary.json, plots/, lock: the one place their names live
     checkpoint, preemption, progress, config, paper, data/
                       the ground floor: import nothing of ``train`` (workdir, presets and the floors above import
                       ``config``; ``data/`` imports only itself)

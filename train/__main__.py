@@ -13,7 +13,7 @@ import sys
 
 from optimized import ROUTERS
 
-from .checkpoint import CorruptCheckpointError
+from .checkpoint import CheckpointWriteError, CorruptCheckpointError
 from .preemption import EXIT_STATUS, Preempted
 from .presets import PRESETS, resolve
 
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
           file=sys.stderr)  # fmt: skip
     start_distributed(parser, args)
     from .trainer import NonFiniteLossError, train_and_evaluate
-    from .workdir import ConfigMismatchError
+    from .workdir import ConfigMismatchError, WorkdirInUseError
 
     try:
         summary = train_and_evaluate(config, workdir, progress=not args.no_progress)
@@ -91,7 +91,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:  # before the training loop's handlers are installed, or after a second Ctrl-C
         print("interrupted", file=sys.stderr)
         return 130
-    except (ConfigMismatchError, CorruptCheckpointError, NonFiniteLossError, FileNotFoundError, ValueError) as err:
+    except (ConfigMismatchError, CorruptCheckpointError, CheckpointWriteError, NonFiniteLossError, WorkdirInUseError,
+            FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     import jax

@@ -104,6 +104,10 @@ class Config:
                      "fewshot_draws", "accumulate_steps", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        # Choice: a step is a 32-bit number on the device (jax.random.fold_in's data, the trainer's int32 step
+        # counters), so a run has fewer than 2**31 steps.
+        if self.steps >= 2**31:
+            raise ValueError(f"steps must be < 2**31 = {2**31}, got {self.steps}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.keep_checkpoints_every < 0:

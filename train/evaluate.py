@@ -22,7 +22,7 @@ from .config import override
 from .evaluators import evaluate_accuracy, fewshot
 from .input_pipeline import as_splits, load_data
 from .sharding import batch_sharding, make_mesh
-from .trained import load_model
+from .trained import load_trained
 from .workdir import saved_config
 
 
@@ -51,8 +51,7 @@ def evaluate_run(workdir, *, split: str = "test", sets: tuple[str, ...] = (), st
         raise ValueError("nothing to evaluate: accuracy and probe are both off")
     workdir = Path(workdir)
     config = _config(workdir, sets)
-    model, config = load_model(workdir, step, config=config, capacity_factor=capacity_factor)
-    step = step if step is not None else checkpoint.latest(workdir)["step"]
+    model, config, step = load_trained(workdir, config, capacity_factor=capacity_factor, step=step)
     mesh = make_mesh(config)
     sharding = batch_sharding(mesh)
     splits = as_splits(load_data(config))

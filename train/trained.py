@@ -27,33 +27,37 @@ def load_model(workdir, step: int | None = None, *, config: Config | None = None
         model, config = train.load_model("workdirs/digits-softmax_expert_choice-1-s0")
         logits, _ = model(images, inference=True)   # images: (B, H, W, channels), as train.data prepares them
     """
-    workdir = Path(workdir)
+    model, config, _ = _load(Path(workdir), step, config, capacity_factor)
+    return model, config
+
+
+def load_trained(workdir, config: Config | None = None, *, capacity_factor: float | None = None,
+                 step: int | None = None):  # fmt: skip
+    """``(model, config, step)``: ``load_model`` with the step it loaded (default: the last complete one)."""
+    return _load(Path(workdir), step, config, capacity_factor)
+
+
+def _load(workdir: Path, step: int | None, config: Config | None, capacity_factor: float | None):
     config = saved_config(workdir) if config is None else config
     model = init_model(config)
     if capacity_factor is not None:
         model = model.with_capacity(capacity_factor)  # static fields only: the restore below fills the arrays
-    if step is None:
-        meta = checkpoint.latest(workdir, report=True)
-        if meta is None:
-            raise FileNotFoundError(f"no checkpoint in {checkpoint.directory_of(workdir)}")
-    else:
+    if step is not None:
         if step not in checkpoint.complete_steps(workdir):
             raise FileNotFoundError(f"no complete checkpoint of step {step} in {checkpoint.directory_of(workdir)} "
                                     f"(complete: {checkpoint.complete_steps(workdir) or 'none'})")  # fmt: skip
         meta = {"step": step, "path": checkpoint.directory_of(workdir) / str(step)}
-    model = checkpoint.restore(meta, model, items=("model",))
-    return model, config
-
-
-def load_trained(workdir, config: Config | None = None, *, capacity_factor: float | None = None):
-    """``(model, config, step)``: ``load_model`` at the last checkpoint, with its step."""
-    workdir = Path(workdir)
-    meta = checkpoint.latest(workdir)
-    if config is None:
-        config = saved_config(workdir)
-    if capacity_factor is not None:
-        init_model(config).with_capacity(capacity_factor)  # a bad factor: refused first
-    if meta is None:
-        raise FileNotFoundError(f"no checkpoint in {checkpoint.directory_of(workdir)}")
-    model, config = load_model(workdir, meta["step"], config=config, capacity_factor=capacity_factor)
-    return model, config, meta["step"]
+        return checkpoint.restore(meta, model, items=("model",)), config, step
+    # Choice: a training in the workdir deletes its oldest step once a newer one is recorded; a step deleted while
+    # it was being read is not an error: the newest complete step is taken again.
+    for attempt in range(5):
+        meta = checkpoint.latest(workdir, report=attempt == 0)
+        if meta is None:
+            raise FileNotFoundError(f"no checkpoint in {checkpoint.directory_of(workdir)}")
+        try:
+            return checkpoint.restore(meta, model, items=("model",)), config, meta["step"]
+        except Exception:
+            if Path(meta["path"]).exists():
+                raise
+    raise FileNotFoundError(f"the checkpoints of {workdir} were deleted as fast as they were read (a training with "
+                            "keep_checkpoints=1?); try again, or pass a step kept by keep_checkpoints_every")

@@ -21,6 +21,7 @@ from pathlib import Path
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 import optimized
@@ -29,7 +30,7 @@ from . import checkpoint
 from . import workdir as files
 from .config import Config
 from .data import TrainLoader
-from .evaluators import evaluate_accuracy, fewshot
+from .evaluators import check_probe_pool, evaluate_accuracy, fewshot
 from .input_pipeline import as_splits, load_data
 from .plots import plot_run
 from .preemption import Preempted, SignalGuard
@@ -116,19 +117,57 @@ def train_and_evaluate(
     config.validate()
     workdir = Path(workdir)
     mesh = make_mesh(config)  # a mesh that does not fit the devices, the batch or E fails before anything is written
+    lock = files.WorkdirLock(workdir)
+    try:
+        if workdir.exists():  # a second training in this workdir is refused at once
+            _lock(lock)
+        return _train_and_evaluate(config, workdir, mesh, lock, stop_after, progress, dataset)
+    finally:
+        lock.release()
+
+
+def _lock(lock: files.WorkdirLock) -> None:
+    """Process 0 takes the workdir's lock; every process learns whether it could (so all stop together)."""
+    error = None
+    if jax.process_index() == 0:
+        try:
+            lock.acquire()
+        except (files.WorkdirInUseError, ValueError) as err:
+            error = err
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        if multihost_utils.broadcast_one_to_all(np.int32(error is not None)) and error is None:
+            raise files.WorkdirInUseError(f"process 0 could not lock {lock.workdir}: see its message")
+    if error is not None:
+        raise error
+
+
+def _train_and_evaluate(config: Config, workdir: Path, mesh, lock, stop_after, progress, dataset) -> dict:
     files.check_or_write_config(config, workdir, write=False)  # another run's workdir is refused before data is read
+    meta = checkpoint.latest(workdir)
+    if meta is not None:  # the config saved with the checkpoints: the run's even when config.json is gone
+        _check_checkpoint_config(config, workdir, meta)
     splits = as_splits(load_data(config) if dataset is None else dataset)  # bad data: refused before any write
     if len(splits.train) < config.batch_size:
         raise ValueError(f"batch_size {config.batch_size} is larger than the {len(splits.train)} training examples "
                          f"of the {splits.name} data; set --batch-size")  # fmt: skip
-    workdir.mkdir(parents=True, exist_ok=True)
-    files.check_or_write_config(config, workdir, write=jax.process_index() == 0)
-    data_sharding = batch_sharding(mesh)
-    check_process_rows(data_sharding, config.batch_size)
-
+    check_probe_pool(splits, config)  # the probe after training: its sizes are checked now
     key = jax.random.key(config.seed)
     init_key, train_key = jax.random.split(key)
-    model, opt_state, optimizer, schedule = init_state(config, init_key)
+    try:  # a model the config cannot build (a factor its router does not take) is refused before any write
+        model, opt_state, optimizer, schedule = init_state(config, init_key)
+    except TypeError as err:  # optimized's checks raise TypeError for a value of the wrong kind
+        raise ValueError(f"model config refused: {err}") from err
+    data_sharding = batch_sharding(mesh)
+    check_process_rows(data_sharding, config.batch_size)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"--workdir {workdir}: cannot create it ({err.strerror or err})") from None
+    _lock(lock)
+    files.check_or_write_config(config, workdir, write=jax.process_index() == 0)
+
     model, opt_state = jax.device_put((model, opt_state), optimized.shardings((model, opt_state), mesh))
     start = 0
     meta = checkpoint.latest(workdir, report=True)
@@ -157,7 +196,7 @@ def train_and_evaluate(
     first_bad = jnp.zeros((), jnp.int32)
     bad_loss = jnp.zeros((), jnp.float32)
     timer = _Timer(config.batch_size)
-    checkpoints = checkpoint.Checkpoints(workdir, keep=config.keep_checkpoints,
+    checkpoints = checkpoint.Checkpoints(workdir, keep=config.keep_checkpoints, config_json=config.to_json(),
                                          keep_every=config.keep_checkpoints_every or None)  # fmt: skip
     log = open(files.metrics_path(workdir), "a") if writer else None
     try:
@@ -183,15 +222,18 @@ def train_and_evaluate(
                     record = {"step": done, **host, "learning_rate": float(schedule(step)),
                               "images_per_second": timer.rate()}  # fmt: skip
                     bar.set_postfix_str(f"loss {host['loss']:.3f} batch acc {host['accuracy']:.3f}", refresh=False)
-                if eval_now:
-                    test_accuracy = evaluate_accuracy(model, splits.test, splits.test.labels, config.batch_size,
-                                                      data_sharding, splits.eval_ops, config.data.workers)  # fmt: skip
-                    record = (record or {"step": done}) | {"test_accuracy": test_accuracy}
-                if record is not None and log is not None:
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()
-                if save_now:
+                if save_now:  # saved before it is evaluated: an evaluation that fails loses no training
                     checkpoints.save(done, model, opt_state)
+                try:
+                    if eval_now:
+                        test_accuracy = evaluate_accuracy(model, splits.test, splits.test.labels, config.batch_size,
+                                                          data_sharding, splits.eval_ops,
+                                                          config.data.workers)  # fmt: skip
+                        record = (record or {"step": done}) | {"test_accuracy": test_accuracy}
+                finally:  # the step's training metrics are logged even if its evaluation fails
+                    if record is not None and log is not None:
+                        log.write(json.dumps(record) + "\n")
+                        log.flush()
                 bar.update(1)
                 if stop:
                     checkpoints.close()
@@ -200,8 +242,8 @@ def train_and_evaluate(
             checkpoints.close()
             if guard.should_stop():  # a signal during the last step's save: the run is complete, say so anyway
                 raise Preempted(end, guard.seen or "a signal (on another process)", workdir)
-    finally:
-        checkpoints.manager.close()
+    finally:  # the last save is committed and recorded, whatever ended the loop
+        checkpoints.close(quiet=True)
         if log is not None:
             log.close()
     bar.close()
@@ -225,6 +267,17 @@ def train_and_evaluate(
     files.write_summary(workdir, summary)
     plot_run(workdir)
     return summary
+
+
+def _check_checkpoint_config(config: Config, workdir: Path, meta: dict) -> None:
+    saved = checkpoint.recorded_config(meta)
+    if saved is not None:
+        files.check_config(config, saved, meta["path"])
+    elif not (workdir / files.CONFIG).exists():
+        raise files.ConfigMismatchError(
+            f"{meta['path']} holds no copy of its run's config (written before checkpoints kept one) and {workdir} "
+            f"has no {files.CONFIG}: nothing tells which config these checkpoints belong to; use a new --workdir"
+        )
 
 
 @jax.jit

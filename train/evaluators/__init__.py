@@ -12,6 +12,7 @@ from .accuracy import evaluate_accuracy as evaluate_accuracy
 from .accuracy import predict as predict
 from .batching import evaluation_order as evaluation_order
 from .batching import in_batches as in_batches
+from .fewshot import check_probe_pool as check_probe_pool
 from .fewshot import features as features
 from .fewshot import fewshot as fewshot
 from .ridge_probe import fewshot_accuracy as fewshot_accuracy

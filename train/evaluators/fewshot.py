@@ -18,6 +18,19 @@ def features(model, images):
     return model.features(images, inference=True)[0]
 
 
+def check_probe_pool(dataset, config: Config) -> None:
+    """Refuse a ``fewshot_shots`` the probe's pool cannot serve (every class needs ``shots + 1`` examples: shots to
+    fit, at least one to choose l2), from the labels alone: before training, not after it."""
+    splits = as_splits(dataset)
+    pool, test = np.asarray(splits.fewshot_train.labels), np.asarray(splits.fewshot_test.labels)
+    counts = np.bincount(pool, minlength=1 + int(max(pool.max(initial=0), test.max(initial=0))))
+    short = np.flatnonzero(counts < config.fewshot_shots + 1)
+    if short.size:
+        raise ValueError(f"fewshot_shots {config.fewshot_shots} needs {config.fewshot_shots + 1} examples of every "
+                         f"class in the probe's pool, but class {short[0]} has {counts[short[0]]}: set --set "
+                         f"fewshot_shots=N with N <= {counts.min() - 1}")  # fmt: skip
+
+
 def fewshot(model, dataset, config: Config, sharding) -> dict:
     """The paper's 10-shot linear probe on frozen pre-head features (sec. 3.3), averaged over shot draws.
 
