@@ -15,8 +15,10 @@ from hypothesis import HealthCheck, Phase, example, given, reject, settings
 from hypothesis.errors import Unsatisfiable
 from hypothesis.reporting import with_reporter
 
+from reference import ROUTERS
+
 from ._coverage import NotCovered, declared, is_covered, require_library
-from ._properties import PROPERTIES, ROUTERS, Context, Property
+from ._properties import PROPERTIES, Context, Property
 from ._recorder import Recorder
 
 # Shrinking is on (a failure is reported with a small counterexample); Hypothesis's "explain" phase, which
