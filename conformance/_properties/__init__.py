@@ -20,7 +20,20 @@ converts them to float64), or by the ``--dtype`` asked for (``Context.dtype``) i
 margins and convergence floors all come from ``_checks``' tables for that dtype. The reference is float64.
 """
 
-from . import allocation, bad_input, capacity, equivalence, layer, normalization  # noqa: F401  (they register)
+from . import (  # noqa: F401  (they register their properties)
+    allocation,
+    bad_input,
+    capacity,
+    defaults,
+    equivalence,
+    extremes,
+    gradients,
+    layer,
+    normalization,
+    stopping,
+    ties,
+    training,
+)
 from ._base import GROUPS
 from ._base import PROPERTIES as PROPERTIES
 from ._base import Context as Context

@@ -11,9 +11,13 @@ from reference import ROUTERS
 
 from .._checks import host, precision
 
-# The groups, in the order the suite runs them: the cheap invariants first, the comparisons with the reference
-# after them, the bad-input refusals last.
-GROUPS = ("capacity", "allocation", "normalization", "layer", "equivalence", "bad_input")
+# The groups, in the order the suite runs them: the cheap invariants first, the trainable layer's properties
+# (which catch a broken layer first), the comparisons with the reference, the edges (exact ties, exp's range,
+# stopping rules), the bad-input refusals last.
+GROUPS = (
+    "capacity", "allocation", "normalization", "training", "layer", "gradients", "equivalence", "ties", "extremes",
+    "stopping", "bad_input",
+)  # fmt: skip
 SPARSE = ROUTERS[:5]
 TOKEN_CHOICE = ROUTERS[:2]
 EXPERT_CHOICE = ROUTERS[2:5]

@@ -26,11 +26,19 @@ def choosing_scores(ctx, router, logits, slots):
     return ref.sparse_ot_affinity(logits, slots)
 
 
+def _patterns(logits):
+    """Three perturbation patterns of the logits, each entry a function of the token's own row: identical tokens
+    get identical perturbations, as a port's rounding gives them (the same values, the same arithmetic), so the
+    exact ties between them stay the spec's to decide."""
+    columns = np.arange(logits.shape[1])
+    row = (logits * (1 + columns)).sum(axis=1, keepdims=True)  # the same for identical tokens
+    return (np.cos(7 * logits + 3 * columns + row), -np.cos(7 * logits + 3 * columns + row), np.sin(5 * logits + row))
+
+
 def perturbed(logits, dtype):
-    """The logits moved by about 4 roundings of ``dtype``, three ways."""
+    """The logits moved by about 4 roundings of ``dtype``, three ways (identical tokens alike)."""
     size = 4 * float(np.finfo(dtype).eps) * max(1.0, float(np.abs(logits).max()))
-    index = np.arange(logits.size).reshape(logits.shape)
-    return [logits + size * pattern for pattern in (np.cos(index), -np.cos(index), np.sin(3 * index))]
+    return [logits + size * pattern for pattern in _patterns(logits)]
 
 
 def stable_zeros(ctx, logits, slots, dtype) -> bool:
@@ -41,21 +49,57 @@ def stable_zeros(ctx, logits, slots, dtype) -> bool:
     return all(np.array_equal(ctx.ref_raw.sparse_ot_affinity(p, slots) == 0, zeros) for p in perturbed(logits, dtype))
 
 
-def rounding_sensitivity(ctx, router, logits, slots, dtype, num_iters=20) -> float:
-    """How far the reference's sparse-OT plan moves when the logits move by a few roundings of ``dtype``.
+def _sparse_ot_rounded_gradients(ref, logits, slots, num_iters, rounding):
+    """The reference's sparse-OT solve (Choice [sparse-ot-adam]: Adam from 0, b1 0.9, b2 0.999, eps 1e-8, learning
+    rate 1e-2) with ``rounding`` (T,) added to every gradient: the error a port's row sums carry in its dtype.
+    Built from the reference's own ``softmax_affinity`` and ``project_sparse_simplex``."""
+    utility = ref.softmax_affinity(logits)
+    tokens, experts = logits.shape
+    b = tokens / experts
 
-    The sparse-OT solver takes Adam steps ``m / (sqrt(v) + 1e-8)``: where a gradient entry is exactly zero in
-    the reference (tokens with equal logits), another summation order leaves one of ~1e-17 (float64) or ~1e-8
-    (float32), which Adam grows into steps of the learning rate within a few iterations. A correct port can
-    then end far from the reference's plan, in either dtype. Measured, not guessed: the largest change of the
-    plan under three perturbations of 4 roundings, doubled (the port's own roundings need not point the same
-    way). It is 0 wherever the solve is well conditioned, and for the other routers.
+    def plan(alpha):
+        return np.stack(
+            [b * ref.project_sparse_simplex((alpha + utility[:, r]) / b, slots) for r in range(experts)], axis=1
+        )
+
+    alpha, m, v = np.zeros(tokens), np.zeros(tokens), np.zeros(tokens)
+    for step in range(1, num_iters + 1):
+        grad = plan(alpha).sum(axis=1) - 1.0 + rounding
+        m, v = 0.9 * m + 0.1 * grad, 0.999 * v + 0.001 * grad**2
+        alpha = alpha - 1e-2 * (m / (1 - 0.9**step)) / (np.sqrt(v / (1 - 0.999**step)) + 1e-8)
+    return plan(alpha)
+
+
+def rounding_sensitivity(ctx, router, logits, slots, dtype, num_iters=20) -> float:
+    """How far the reference's sparse-OT plan moves under a few roundings of ``dtype``, in its inputs and in its
+    own arithmetic.
+
+    The sparse-OT solver takes Adam steps ``m / (sqrt(v) + 1e-8)``, which turn a gradient entry of any size into
+    a step of about the learning rate unless it is well below 1e-8. Two roundings reach it. (1) The logits: where
+    the reference's gradient is exactly 0 for tokens with equal logits, another summation order leaves ~1e-17
+    (float64) or ~1e-8 (float32). (2) The gradient itself, the row sums of the plan minus 1: where it is 0
+    analytically (the plan is already balanced, as whenever C = T and no entry is clipped, whatever the logits),
+    a port computing in float32 gets the rounding of its row sums, about 1e-7, and Adam takes a step of the
+    learning rate in its direction; the reference, in float64, gets ~1e-16 and steps 1e-10. Moving the logits
+    cannot show (2), so the gradient is moved too. Measured, not guessed: the largest change of the plan under
+    three perturbations of the logits and two of the gradient (distinct tokens alternately up and down), each
+    4 roundings of ``dtype``, doubled (the port's own roundings need not point the same way). Identical tokens
+    are perturbed identically. It is 0 wherever
+    the solve is well conditioned, and for the other routers.
     """
     if router != "sparsity_constrained_expert_choice":
         return 0.0
     solve = lambda v: ctx.ref_raw.sparse_ot_affinity(v, slots, num_iters=num_iters)  # noqa: E731
     plan = solve(logits)
-    return 2 * float(max(np.abs(solve(p) - plan).max() for p in perturbed(logits, dtype)))
+    moved = [solve(p) for p in perturbed(logits, dtype)]
+    # Identical tokens round alike; distinct ones alternately up and down (a common shift of every gradient
+    # entry moves all of alpha alike, which the plan ignores), then the other way round.
+    _, token_class = np.unique(logits, axis=0, return_inverse=True)
+    signs = np.where(token_class.ravel() % 2 == 0, 1.0, -1.0)
+    for sign in (1.0, -1.0):
+        rounding = sign * 4 * float(np.finfo(dtype).eps) * signs
+        moved.append(_sparse_ot_rounded_gradients(ctx.ref_raw, logits, slots, num_iters, rounding))
+    return 2 * float(max(np.abs(p - plan).max() for p in moved))
 
 
 def assume_margins(router, scores, k, tie):
@@ -109,7 +153,16 @@ def assert_same_routing(ctx, router, logits, factor, got, want, what):
             f"{what}: expert {r} slot {s} holds token {got[r, s]} (reference score {got_scores[r, s]!r}); the "
             f"reference chose token {want[r, s]} (score {want_scores[r, s]!r}), not a tie"
         )
-    # Exact ties are the spec's to decide: the exact zeros of the sparse-OT plan fill an expert's remaining
+    # Exact ties are the spec's to decide. Identical tokens (equal rows of logits) get identical scores in any
+    # port, whatever its dtype: the lower index goes first, and a swap is a wrong tie rule, not rounding.
+    swapped = (got != want) & (logits[got] == logits[want]).all(axis=-1)
+    if swapped.any():
+        r, s = (int(i) for i in np.argwhere(swapped)[0])
+        raise AssertionError(
+            f"{what}: expert {r} slot {s} holds token {got[r, s]}, the reference token {want[r, s]}: identical "
+            f"tokens (equal logits), an exact tie the spec breaks by the lower token index"
+        )
+    # The exact zeros of the sparse-OT plan fill an expert's remaining
     # slots by the lower token index. Checked where the zeros are stable under rounding (else near-ties).
     if router == "sparsity_constrained_expert_choice" and stable_zeros(ctx, logits, rd.shape[2], dt):
         bad = (want_scores == 0) & (got != want)

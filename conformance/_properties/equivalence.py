@@ -78,25 +78,6 @@ def sparse_ot_affinity_equivalence(ctx, case, router):
     )
 
 
-@prop("equivalence", lambda r: logits_case(), examples=[SINKHORN_HAND, SINKHORN_SLOW])
-def defaults_as_users_call_them(ctx, case, router):
-    """The keyword defaults are part of the spec: called without them, the functions give the spec's values."""
-    logits, slots = case["logits"], case["capacity"]
-    assert_close(
-        "sinkhorn_affinity(logits), the default num_iters=20, tol=None",
-        ctx.impl.sinkhorn_affinity(logits),
-        ctx.ref.sinkhorn_affinity(logits, num_iters=20, tol=None),
-        dtype=ctx.dtype,
-    )
-    assert_close(
-        "sparse_ot_affinity(logits, capacity), the default num_iters=20, learning_rate=1e-2",
-        ctx.impl.sparse_ot_affinity(logits, slots),
-        ctx.ref.sparse_ot_affinity(logits, slots, num_iters=20, learning_rate=1e-2),
-        dtype=ctx.dtype,
-        slack=rounding_sensitivity(ctx, "sparsity_constrained_expert_choice", logits, slots, ctx.dtype),
-    )
-
-
 @prop("equivalence", lambda r: scores_case(), examples=[TC_HAND])
 def token_choice_allocation_equivalence(ctx, case, router):
     args = (case["scores"], case["capacity"], case["k"], case["weights"])

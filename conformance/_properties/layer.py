@@ -14,28 +14,12 @@ from .._checks import (
     host,
 )
 from .._strategies import HIDDEN, route_case
-from ._base import SPARSE, TOKEN_CHOICE, prop, softmax
+from ._base import SPARSE, prop, softmax
 from ._jax_layer import as_jax, call_layer, mlp, module_layer
 from ._routing import assume_margins, choosing_scores, rounding_sensitivity
 
 # The layer properties that need a trainable layer come first in their group: they are the ones that catch a
 # broken layer, and the suite stops at its first failure when asked to (fail_fast).
-
-
-@prop("layer", route_case, routers=TOKEN_CHOICE, needs="MoELayer")
-def layer_losses_on_clean_logits(ctx, case, router):
-    """In training, the layer's importance loss is Appendix A's on the softmax of the clean logits ``x @ W``
-    (the noise enters only the load loss), whatever noise the layer draws."""
-    import jax
-
-    layer, dtype = module_layer(ctx, case, router)
-    x = as_jax(case["x"], dtype)
-    expected = ctx.ref.importance_loss(softmax(case["x"] @ case["weight"]))
-    for seed in (1, 2):
-        _, aux = call_layer(layer, x, jax.random.key(seed), inference=False)
-        check("importance_loss" in aux, f"MoELayer's aux has no 'importance_loss' (keys: {sorted(aux)})")
-        assert_close(f"MoELayer aux['importance_loss'] (key {seed}) vs reference.importance_loss(softmax(x @ W))",
-                     aux["importance_loss"], expected, dtype=ctx.dtype)  # fmt: skip
 
 
 @prop("layer", route_case, routers=ROUTERS, needs="MoELayer")

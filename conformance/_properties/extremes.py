@@ -1,0 +1,63 @@
+"""Inputs at the dtype's limits: logits beyond the range where ``exp`` overflows (float32 above 88.7, float64 above
+709.8) or underflows to 0, where the spec's outputs are finite and so must the implementation's be."""
+
+from __future__ import annotations
+
+import hypothesis.strategies as st
+import numpy as np
+
+from reference import ROUTERS
+
+from .._checks import check, host
+from .._strategies import route_case
+from ._base import prop
+from ._routing import assert_same_routing
+
+# Every logit is shifted by the same constant, beyond exp's range in float64 (and so in float32); softmax, the
+# Sinkhorn plan and the sparse-OT plan ignore a constant added to every logit, so the routing is that of the
+# unshifted case, but a softmax without its max subtracted gives inf / inf (or 0 / 0) = NaN. Soft MoE takes no
+# noise: its phi is scaled by 256 instead, |x @ phi| up to 1536, exact on the grid.
+OFFSET = 800.0
+SOFT_MOE_SCALE = 256.0
+
+# Softmax Expert Choice, T = 2, E = 2, logits [[1, -1], [2, -2]] + 800 (the noise is the constant 800): the
+# softmax is that of [[1, -1], [2, -2]], rows (0.88, 0.12) and (0.98, 0.02); C = 1: e0 takes t1, e1 takes t0.
+EXTREMES_HAND = (
+    {
+        "router": "softmax_expert_choice",
+        "x": np.array([[1.0], [2.0]]),
+        "weight": np.array([[1.0, -1.0]]),
+        "factor": 1,
+        "noise": None,
+        "experts": (np.zeros((2, 1, 4)), np.zeros((2, 4)), np.zeros((2, 4, 1)), np.zeros((2, 1))),
+    },
+    OFFSET,
+)
+
+
+@prop("extremes", lambda r: st.tuples(route_case(r), st.sampled_from((OFFSET, -OFFSET))), routers=ROUTERS,
+      examples=[EXTREMES_HAND])  # fmt: skip
+def logits_beyond_exp_overflow(ctx, case, router):
+    """``route`` on logits shifted by +-800 (sparse routers, through ``noise``) or scaled to |x @ phi| up to 1536
+    (Soft MoE): every output finite where the reference's is, and the same routing as the reference's."""
+    case, offset = case
+    x, w, factor, noise = case["x"], case["weight"], case["factor"], case["noise"]
+    if router == "soft_moe":
+        if w.ndim == 2:  # the hand case is the sparse routers'
+            w = w[:, :, None]
+            factor = None
+        w, noise, logits = SOFT_MOE_SCALE * w, None, None
+    else:
+        noise = (np.zeros((x.shape[0], w.shape[1])) if noise is None else noise) + offset
+        logits = x @ w + noise
+    want = ctx.ref.route(router, x, w, factor=factor, noise=noise)
+    got = ctx.impl.route(router, x, w, factor=factor, noise=noise)
+    for name, value, spec in zip(("dispatch", "combine"), got, want, strict=True):
+        check(np.isfinite(spec).all(), f"reference: non-finite {name} at logits beyond exp's range")
+        bad = ~np.isfinite(host(value).astype(np.float64))
+        check(
+            not bad.any(),
+            f"route at logits beyond exp's range: {int(bad.sum())} non-finite {name} entries (first at "
+            f"{tuple(int(i) for i in np.argwhere(bad)[0]) if bad.any() else None}); the spec's are finite",
+        )
+    assert_same_routing(ctx, router, logits, factor, got, want, "route at logits beyond exp's range")
