@@ -116,6 +116,8 @@ def run_property(
     for case in prop.examples:
         test = example(case)(test)
     chosen = PROFILES[profile]
+    if prop.share < 1:
+        chosen = settings(chosen, max_examples=max(10, round(prop.share * chosen.max_examples)))
     if not shrink:
         chosen = settings(chosen, phases=[p for p in PHASES if p is not Phase.shrink])
     test = chosen(test)

@@ -53,14 +53,19 @@ class Property:
     # Which API functions a property calls depends on the drawn case (not only on the router): an adapter's
     # examples that reach only delegated functions are then discarded one by one (see _runner.run_property).
     calls_vary: bool = False
+    # The share of the profile's examples this property draws (at least 10): for the costly ones (a trainable
+    # layer compiled per shape, gradients), whose kills rest on explicit examples and on any drawn case.
+    share: float = 1.0
 
 
 PROPERTIES: list[Property] = []
 
 
-def prop(group, strategy, routers=None, examples=(), needs=None, calls_vary=False):
+def prop(group, strategy, routers=None, examples=(), needs=None, calls_vary=False, share=1.0):
     def register(fn):
-        PROPERTIES.append(Property(fn.__name__, group, fn, strategy, routers, tuple(examples), needs, calls_vary))
+        PROPERTIES.append(
+            Property(fn.__name__, group, fn, strategy, routers, tuple(examples), needs, calls_vary, share)
+        )
         return fn
 
     return register

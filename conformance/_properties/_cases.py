@@ -34,3 +34,22 @@ SINKHORN_HAND = {"logits": np.log([[3.0, 1.0], [1.0, 1.0]]), "capacity": 1}
 # is still 2.9e-3 and the 20th iteration changes the plan by about 13 times float32's tolerance: an
 # implementation one iteration short fails here even in float32 (a correct float32 one is 1e3 times inside).
 SINKHORN_SLOW = {"logits": np.array([[3.0, -3.0]] * 3 + [[-3.0, 3.0]] * 5), "capacity": 4}
+# Sparsity-Constrained Expert Choice with C = T = 8 (c = E = 2): six tokens with logits (2, -2), two with
+# (-2, 2). Column 0 of the sparse-OT plan: the projection of (alpha + S[:, 0]) / b with b = 4 has six entries
+# near 0.245 summing to more than 1, so the threshold clips the two small ones: tokens 6 and 7 get exact zeros.
+# Expert 0 fills its 8 slots with tokens 0-5, then the zeros 6, 7 in that order (the lower index first; a port
+# filling the zeros by the higher index puts 7 before 6). The zeros are stable under rounding in both dtypes.
+ZERO_PLAN_HAND = {
+    "router": "sparsity_constrained_expert_choice",
+    "x": np.array([[1.0, 0.0, 0.0]] * 6 + [[0.0, 1.0, 0.0]] * 2),
+    "weight": np.array([[2.0, -2.0], [-2.0, 2.0], [0.0, 0.0]]),
+    "factor": 2,
+    "noise": None,
+    "experts": (np.zeros((2, 3, 4)), np.zeros((2, 4)), np.zeros((2, 4, 3)), np.zeros((2, 3))),
+}
+# Sparse OT with C = T: seven tokens at logits (0, 0) and one at (0, 0.125), one Adam step. The plan is balanced
+# from the start (C = T, nothing clipped), so the gradient is 0 analytically: the reference computes exactly 0
+# and stays at 0.5039 (t0, e0), a float32 port gets the rounding of its row sums, ~1e-7, which Adam turns into a
+# step of the learning rate (0.50497). A tolerance model that only moves the logits misses this (the false
+# alarm of issue 24); ``rounding_sensitivity`` moves the gradient too.
+BALANCED_SPARSE_OT = ({"logits": np.array([[0.0, 0.0]] * 7 + [[0.0, 0.125]]), "capacity": 8}, 1)

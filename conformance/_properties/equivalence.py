@@ -16,11 +16,20 @@ from .._checks import (
 )
 from .._strategies import grid_matrix, logits_case, route_case, scores_case
 from ._base import TOKEN_CHOICE, case_logits, f64, prop, softmax
-from ._cases import EC_HAND, SINKHORN_HAND, SINKHORN_SLOW, TC_HAND
+from ._cases import BALANCED_SPARSE_OT, EC_HAND, SINKHORN_HAND, SINKHORN_SLOW, TC_HAND, ZERO_PLAN_HAND
 from ._routing import assert_same_routing, rounding_sensitivity
 
+# capacity(T, E, c) = round(c T / E), refused below 1 (Choice [capacity-below-one]): (1, 1, 1) -> 1, the smallest
+# group; (3, 2, 0.5) -> round(0.75) = 1; (2, 4, 1) -> round(0.5) = 0 (half to even): refused; (5, 2, 1) ->
+# round(2.5) = 2 (half to even, not 3).
+CAPACITY_HAND = [(1, 1, 1), (3, 2, 0.5), (2, 4, 1), (5, 2, 1)]
 
-@prop("equivalence", lambda r: st.tuples(st.integers(1, 64), st.integers(1, 16), st.sampled_from([0.5, 1, 1.25, 2])))
+
+@prop(
+    "equivalence",
+    lambda r: st.tuples(st.integers(1, 64), st.integers(1, 16), st.sampled_from([0.5, 1, 1.25, 2])),
+    examples=CAPACITY_HAND,
+)
 def capacity_function(ctx, case, router):
     tokens, experts, factor = case
     outcomes = []
@@ -65,7 +74,7 @@ def sinkhorn_affinity_equivalence(ctx, case, router):
     )
 
 
-@prop("equivalence", lambda r: st.tuples(logits_case(), st.sampled_from([1, 5, 20])))
+@prop("equivalence", lambda r: st.tuples(logits_case(), st.sampled_from([1, 5, 20])), examples=[BALANCED_SPARSE_OT])
 def sparse_ot_affinity_equivalence(ctx, case, router):
     lc, num_iters = case
     logits, slots = lc["logits"], lc["capacity"]
@@ -112,8 +121,9 @@ def soft_moe_routing_equivalence(ctx, case, router):
     assert_close("soft_moe_routing combine", c, rc, dtype=ctx.dtype)
 
 
-@prop("equivalence", route_case, routers=ROUTERS)
+@prop("equivalence", route_case, routers=ROUTERS, examples=[ZERO_PLAN_HAND])
 def route_equivalence(ctx, case, router):
+    assume(case["router"] == router)  # the hand case is Sparsity-Constrained Expert Choice's
     x, w, factor, noise = case["x"], case["weight"], case["factor"], case["noise"]
     d, c = ctx.impl.route(router, x, w, factor=factor, noise=noise)
     rd, rc = ctx.ref.route(router, x, w, factor=factor, noise=noise)

@@ -53,7 +53,7 @@ def _reference_output(ref, router, arrays, factor, dispatch):
     return ref.moe_layer(x, dispatch, combine, experts)
 
 
-@prop("gradients", route_case, routers=ROUTERS, needs="layer_gradients", examples=[GRADIENTS_HAND])
+@prop("gradients", route_case, routers=ROUTERS, needs="layer_gradients", examples=[GRADIENTS_HAND], share=0.4)
 def layer_gradients_match_finite_differences(ctx, case, router):
     """``impl.layer_gradients`` along random directions in the router weights, the experts and the tokens equals
     central finite differences of the reference composition in float64, the routing held fixed."""

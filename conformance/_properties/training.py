@@ -43,7 +43,7 @@ def spec_noise(ctx, key, shape, dtype) -> np.ndarray:
     return f64(draw(key, shape, dtype)) / shape[1]
 
 
-@prop("training", route_case, routers=SPARSE, needs="MoELayer", examples=[TRAINING_HAND])
+@prop("training", route_case, routers=SPARSE, needs="MoELayer", examples=[TRAINING_HAND], share=0.4)
 def layer_in_training_matches_reference(ctx, case, router):
     """``MoELayer(x, key=key, inference=False)`` equals the reference composition on the logits plus the spec's
     noise for that key, and its ``aux["importance_loss"]`` and ``aux["load_loss"]`` equal Appendix A's: the
