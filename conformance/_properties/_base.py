@@ -54,7 +54,8 @@ class Property:
     # examples that reach only delegated functions are then discarded one by one (see _runner.run_property).
     calls_vary: bool = False
     # The share of the profile's examples this property draws (at least 10): for the costly ones (a trainable
-    # layer compiled per shape, gradients), whose kills rest on explicit examples and on any drawn case.
+    # layer compiled per shape, gradients) and those every drawn case exercises fully (defaults, exp's range,
+    # copies of tokens), whose kills rest on explicit examples and on any drawn case.
     share: float = 1.0
 
 

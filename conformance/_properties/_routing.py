@@ -49,10 +49,12 @@ def stable_zeros(ctx, logits, slots, dtype) -> bool:
     return all(np.array_equal(ctx.ref_raw.sparse_ot_affinity(p, slots) == 0, zeros) for p in perturbed(logits, dtype))
 
 
-def _sparse_ot_rounded_gradients(ref, logits, slots, num_iters, rounding):
+def _sparse_ot_rounded_gradients(ref, logits, slots, num_iters, rounding, dual_rounding=None):
     """The reference's sparse-OT solve (Choice [sparse-ot-adam]: Adam from 0, b1 0.9, b2 0.999, eps 1e-8, learning
-    rate 1e-2) with ``rounding`` (T,) added to every gradient: the error a port's row sums carry in its dtype.
-    Built from the reference's own ``softmax_affinity`` and ``project_sparse_simplex``."""
+    rate 1e-2) with ``rounding(grad)`` (T,) added to every gradient, the error a port's row sums carry in its
+    dtype, and ``dual_rounding(alpha)`` to the duals where the projection compares them, the error of
+    ``alpha + S``: each a function of the values computed. Built from the reference's ``softmax_affinity``
+    and ``project_sparse_simplex``."""
     utility = ref.softmax_affinity(logits)
     tokens, experts = logits.shape
     b = tokens / experts
@@ -62,12 +64,14 @@ def _sparse_ot_rounded_gradients(ref, logits, slots, num_iters, rounding):
             [b * ref.project_sparse_simplex((alpha + utility[:, r]) / b, slots) for r in range(experts)], axis=1
         )
 
+    rounded = (lambda a: a) if dual_rounding is None else (lambda a: a + dual_rounding(a))
     alpha, m, v = np.zeros(tokens), np.zeros(tokens), np.zeros(tokens)
     for step in range(1, num_iters + 1):
-        grad = plan(alpha).sum(axis=1) - 1.0 + rounding
+        grad = plan(rounded(alpha)).sum(axis=1) - 1.0
+        grad = grad + rounding(grad)
         m, v = 0.9 * m + 0.1 * grad, 0.999 * v + 0.001 * grad**2
         alpha = alpha - 1e-2 * (m / (1 - 0.9**step)) / (np.sqrt(v / (1 - 0.999**step)) + 1e-8)
-    return plan(alpha)
+    return plan(rounded(alpha))
 
 
 def rounding_sensitivity(ctx, router, logits, slots, dtype, num_iters=20) -> float:
@@ -81,24 +85,39 @@ def rounding_sensitivity(ctx, router, logits, slots, dtype, num_iters=20) -> flo
     analytically (the plan is already balanced, as whenever C = T and no entry is clipped, whatever the logits),
     a port computing in float32 gets the rounding of its row sums, about 1e-7, and Adam takes a step of the
     learning rate in its direction; the reference, in float64, gets ~1e-16 and steps 1e-10. Moving the logits
-    cannot show (2), so the gradient is moved too. Measured, not guessed: the largest change of the plan under
-    three perturbations of the logits and two of the gradient (distinct tokens alternately up and down), each
-    4 roundings of ``dtype``, doubled (the port's own roundings need not point the same way). Identical tokens
-    are perturbed identically. It is 0 wherever
-    the solve is well conditioned, and for the other routers.
+    cannot show (2), so the gradient is moved too, by 4 roundings of ``dtype`` in four patterns: distinct tokens
+    alternately up and down (a common shift of every entry moves all of alpha alike, which the plan ignores),
+    either way round, and two signs drawn from each token's row and current gradient value; and the duals where
+    the projection compares them, in two patterns drawn from each token's row and dual. Rounding is a
+    function of the values computed: identical tokens, while their values are identical, are perturbed
+    identically (their exact ties stay the spec's to decide); once the spec's tie rule has set them apart
+    (a sparse projection keeps the lower index), their roundings differ like any other tokens'. Measured, not
+    guessed: the largest change of the plan under these and three perturbations of the logits, doubled (the
+    port's own roundings need not point the same way). It is 0 wherever the solve is well conditioned, and for
+    the other routers.
     """
     if router != "sparsity_constrained_expert_choice":
         return 0.0
     solve = lambda v: ctx.ref_raw.sparse_ot_affinity(v, slots, num_iters=num_iters)  # noqa: E731
     plan = solve(logits)
     moved = [solve(p) for p in perturbed(logits, dtype)]
-    # Identical tokens round alike; distinct ones alternately up and down (a common shift of every gradient
-    # entry moves all of alpha alike, which the plan ignores), then the other way round.
+    size = 4 * float(np.finfo(dtype).eps)
     _, token_class = np.unique(logits, axis=0, return_inverse=True)
-    signs = np.where(token_class.ravel() % 2 == 0, 1.0, -1.0)
-    for sign in (1.0, -1.0):
-        rounding = sign * 4 * float(np.finfo(dtype).eps) * signs
+    alternate = np.where(token_class.ravel() % 2 == 0, 1.0, -1.0)
+    row = (logits * (1 + np.arange(logits.shape[1]))).sum(axis=1)  # the same for identical tokens
+    patterns = (
+        lambda g: size * alternate,
+        lambda g: -size * alternate,
+        lambda g: size * np.sign(np.cos(1e9 * g + 3 * row) + 0.5),
+        lambda g: size * np.sign(np.sin(1e9 * g + 5 * row) + 0.5),
+    )
+    for rounding in patterns:
         moved.append(_sparse_ot_rounded_gradients(ctx.ref_raw, logits, slots, num_iters, rounding))
+    # The duals where the projection compares them: two tokens whose duals the spec's tie rule has set a hair
+    # apart (1e-8, say) are a tie in float32's rounding of alpha + S, decided by the lower index there.
+    for phase in (0.0, 1.0):
+        dual = lambda a, phase=phase: size * np.sign(np.cos(1e9 * a + 3 * row + phase) + 0.5)  # noqa: E731
+        moved.append(_sparse_ot_rounded_gradients(ctx.ref_raw, logits, slots, num_iters, lambda g: 0.0, dual))
     return 2 * float(max(np.abs(p - plan).max() for p in moved))
 
 
@@ -153,9 +172,11 @@ def assert_same_routing(ctx, router, logits, factor, got, want, what):
             f"{what}: expert {r} slot {s} holds token {got[r, s]} (reference score {got_scores[r, s]!r}); the "
             f"reference chose token {want[r, s]} (score {want_scores[r, s]!r}), not a tie"
         )
-    # Exact ties are the spec's to decide. Identical tokens (equal rows of logits) get identical scores in any
-    # port, whatever its dtype: the lower index goes first, and a swap is a wrong tie rule, not rounding.
-    swapped = (got != want) & (logits[got] == logits[want]).all(axis=-1)
+    # Exact ties are the spec's to decide. Identical tokens (equal rows of logits) with equal scores in the
+    # reference get identical scores in any port, whatever its dtype (the same values, the same arithmetic): the
+    # lower index goes first, and a swap is a wrong tie rule, not rounding. (A sparse-OT plan can give identical
+    # tokens different values, by the spec's projection tie rule; those are compared by score above.)
+    swapped = (got != want) & (logits[got] == logits[want]).all(axis=-1) & (got_scores == want_scores)
     if swapped.any():
         r, s = (int(i) for i in np.argwhere(swapped)[0])
         raise AssertionError(

@@ -56,7 +56,7 @@ DEFAULTS_HAND = {
 }
 
 
-@prop("equivalence", route_case, routers=ROUTERS, examples=[DEFAULTS_HAND])
+@prop("equivalence", route_case, routers=ROUTERS, examples=[DEFAULTS_HAND], share=0.4)
 def route_defaults_as_users_call_them(ctx, case, router):
     """``route(router, x, W)``, without ``factor`` and ``noise``, is the spec's ``route`` with factor 1 (Soft MoE: S
     from phi) and no noise; a trainable ``MoELayer`` built without ``factor`` has the spec's capacity round(T / E)

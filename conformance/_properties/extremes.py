@@ -36,7 +36,7 @@ EXTREMES_HAND = (
 
 
 @prop("extremes", lambda r: st.tuples(route_case(r), st.sampled_from((OFFSET, -OFFSET))), routers=ROUTERS,
-      examples=[EXTREMES_HAND])  # fmt: skip
+      examples=[EXTREMES_HAND], share=0.4)  # fmt: skip
 def logits_beyond_exp_overflow(ctx, case, router):
     """``route`` on logits shifted by +-800 (sparse routers, through ``noise``) or scaled to |x @ phi| up to 1536
     (Soft MoE): every output finite where the reference's is, and the same routing as the reference's."""

@@ -39,7 +39,7 @@ TIES_CUT = {
 }
 
 
-@prop("ties", duplicated_route_case, routers=SPARSE, examples=[TIES_HAND, TIES_CUT])
+@prop("ties", duplicated_route_case, routers=SPARSE, examples=[TIES_HAND, TIES_CUT], share=0.4)
 def identical_tokens_tie_exactly(ctx, case, router):
     """With exact copies among the tokens, ``route`` chooses as the reference does, and an expert's slots go to
     identical tokens in increasing index order; the sparse-OT plan itself equals the reference's within the
