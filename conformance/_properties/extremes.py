@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import hypothesis.strategies as st
 import numpy as np
+from hypothesis import assume
 
 from reference import ROUTERS
 
-from .._checks import check, host
+from .._checks import assert_close, check, host
 from .._strategies import route_case
-from ._base import prop
-from ._routing import assert_same_routing
+from ._base import EXPERT_CHOICE, prop
+from ._jax_layer import as_jax, call_layer, module_layer
+from ._routing import assert_same_routing, assume_margins, choosing_scores, rounding_sensitivity
 
 # Every logit is shifted by the same constant, beyond exp's range in float64 (and so in float32); softmax, the
 # Sinkhorn plan and the sparse-OT plan ignore a constant added to every logit, so the routing is that of the
@@ -39,7 +41,9 @@ EXTREMES_HAND = (
       examples=[EXTREMES_HAND], share=0.4)  # fmt: skip
 def logits_beyond_exp_overflow(ctx, case, router):
     """``route`` on logits shifted by +-800 (sparse routers, through ``noise``) or scaled to |x @ phi| up to 1536
-    (Soft MoE): every output finite where the reference's is, and the same routing as the reference's."""
+    (Soft MoE): every output finite where the reference's is, and the same routing as the reference's; and the
+    trainable layer, if there is one, with its router weights scaled by 256: finite, and the reference's output
+    (Token Choice and Soft MoE)."""
     case, offset = case
     x, w, factor, noise = case["x"], case["weight"], case["factor"], case["noise"]
     if router == "soft_moe":
@@ -61,3 +65,19 @@ def logits_beyond_exp_overflow(ctx, case, router):
             f"{tuple(int(i) for i in np.argwhere(bad)[0]) if bad.any() else None}); the spec's are finite",
         )
     assert_same_routing(ctx, router, logits, factor, got, want, "route at logits beyond exp's range")
+    if not hasattr(ctx.impl_raw, "MoELayer") or case["router"] != router or router in EXPERT_CHOICE:
+        return
+    # The trainable layer, its router weights scaled by 256 (|x @ W| up to 1536): finite, and the reference's.
+    # (Not Expert Choice: there nearly every softmax score is a hair above 0, near-ties a float may decide.)
+    scaled = {**case, "weight": w if router == "soft_moe" else SOFT_MOE_SCALE * w}
+    x, w, params = case["x"], scaled["weight"], case["experts"]
+    if router != "soft_moe":
+        slots = ctx.ref_raw.capacity(x.shape[0], w.shape[1], factor)
+        assume_margins(router, choosing_scores(ctx, router, x @ w, slots), factor, 1e-4)
+        assume(rounding_sensitivity(ctx, router, x @ w, slots, ctx.dtype) <= 1e-4)
+    layer, dtype = module_layer(ctx, scaled, router)
+    y = host(call_layer(layer, as_jax(x, dtype))[0]).astype(np.float64)
+    check(np.isfinite(y).all(), f"MoELayer at |x @ W| up to 1536: {int((~np.isfinite(y)).sum())} non-finite outputs")
+    want = ctx.ref.route(router, x, w, factor=factor)
+    expected = ctx.ref.moe_layer(x, *want, ctx.ref.mlp_experts(*params))
+    assert_close("MoELayer(x) at |x @ W| up to 1536 vs the reference composition", y, expected, dtype=ctx.dtype)
