@@ -31,10 +31,14 @@ def test_optimized_conforms_to_the_reference():
     assert len(outcomes) >= 40 and all(o.examples >= 10 for o in outcomes)
 
 
+# In float32, copies of tokens under the sparse-OT solver are judged in float64 only (conformance/README, issue 24).
+FLOAT64_ONLY = {("identical_tokens_tie_exactly", "sparsity_constrained_expert_choice")}
+
+
 def test_optimized_conforms_in_float32():
     # JAX's default dtype: every tolerance and tie margin follows the float32 outputs (0 false alarms).
     outcomes = conformance.run("optimized", "reference", profile="ci", dtype="float32")
-    failed = [o for o in outcomes if o.status != "passed"]
+    failed = [o for o in outcomes if o.status != "passed" and (o.property, o.router) not in FLOAT64_ONLY]
     assert not failed, conformance.failure_report(outcomes) + "\n".join(f"{o.property}: {o.status}" for o in failed)
     assert len(outcomes) >= 40 and all(o.examples >= 10 for o in outcomes)
 
@@ -107,7 +111,9 @@ KILLED_BY = {
     "route_default_k_2": "route_defaults_as_users_call_them",
     "expert_choice_clips_capacity": "refuses_at_every_entry_point",
     "softmax_without_max_subtraction": "logits_beyond_exp_overflow",
-    "sparse_projection_ties_to_higher_index": "identical_tokens_tie_exactly",
+    # In float32 the tie property judges sparse OT's copies in float64 only; a sparse-OT comparison kills it there.
+    "sparse_projection_ties_to_higher_index": {"float64": "identical_tokens_tie_exactly",
+                                               "float32": "defaults_as_users_call_them"},
     "sinkhorn_stops_on_mean_error": "sinkhorn_stops_where_the_spec_stops",
     "soft_moe_dispatch_without_gradient": "layer_gradients_match_finite_differences",
 }
@@ -115,7 +121,8 @@ KILLED_BY = {
 
 def test_every_mutant_has_its_property():
     assert set(KILLED_BY) == set(MUTANTS)
-    assert set(KILLED_BY.values()) <= {p.name for p in conformance.PROPERTIES}
+    named = {v for value in KILLED_BY.values() for v in (value.values() if isinstance(value, dict) else [value])}
+    assert named <= {p.name for p in conformance.PROPERTIES}
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -125,11 +132,12 @@ def test_the_suite_kills_every_mutant(mutant, dtype):
     # float32 port with the same bug would be; its error must not hide inside them (sinkhorn_one_iteration_short
     # is the smallest).
     module = importlib.import_module(f"conformance.mutants.{mutant}")
+    killer = KILLED_BY[mutant][dtype] if isinstance(KILLED_BY[mutant], dict) else KILLED_BY[mutant]
     outcomes = conformance.run(
         module if dtype == "float64" else float32_port(module), "reference", profile="ci", dtype=dtype,
-        properties=(KILLED_BY[mutant],), fail_fast=True, shrink=False,
+        properties=(killer,), fail_fast=True, shrink=False,
     )  # fmt: skip
-    assert any(o.status == "failed" for o in outcomes), f"{KILLED_BY[mutant]} does not catch {mutant} in {dtype}"
+    assert any(o.status == "failed" for o in outcomes), f"{killer} does not catch {mutant} in {dtype}"
 
 
 def test_cli_prints_table_counterexample_snippet_and_fails():

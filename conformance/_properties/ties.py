@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._checks import assert_close
+from .._coverage import NotCovered
 from .._strategies import duplicated_route_case
 from ._base import SPARSE, case_logits, prop
 from ._routing import assert_same_routing, rounding_sensitivity
@@ -29,12 +30,13 @@ TIES_HAND = {
     "noise": None,
     "experts": (np.zeros((2, 3, 4)), np.zeros((2, 4)), np.zeros((2, 4, 3)), np.zeros((2, 3))),
 }
-# T = 12, E = 3, c = 1: C = 4 and six copies of a token preferring e0: the projection of e0's column must cut
-# among the six copies, keeping tokens 0-3 (the lower indices), never 2-5.
+# T = 12, E = 3, c = 1: C = 4 and six copies of a token preferring e0 (logits (1, 0, 0)): the first projection
+# of e0's column cuts among the six copies, keeping tokens 0-3 (the lower indices), never 2-5. The other tokens'
+# logits, (0, 0.75, 0.25) and (0.125, 0, 0.5), break the symmetry that would tie tokens of different rows too.
 TIES_CUT = {
     **TIES_HAND,
     "x": np.array([[1.0, 0.0, 0.0]] * 6 + [[0.0, 1.0, 0.0]] * 3 + [[0.0, 0.0, 1.0]] * 3),
-    "weight": np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]),
+    "weight": np.array([[1.0, 0.0, 0.0], [0.0, 0.75, 0.25], [0.125, 0.0, 0.5]]),
     "experts": (np.zeros((3, 3, 4)), np.zeros((3, 4)), np.zeros((3, 4, 3)), np.zeros((3, 3))),
 }
 
@@ -46,6 +48,10 @@ def identical_tokens_tie_exactly(ctx, case, router):
     rounding model, which keeps copies identical (a projection that cuts among copies by the higher index fails)."""
     x, w, factor, noise = case["x"], case["weight"], case["factor"], case["noise"]
     d, c = ctx.impl.route(router, x, w, factor=factor, noise=noise)
+    if router == "sparsity_constrained_expert_choice" and ctx.precision("impl", d, c) != np.float64:
+        # Open (issue 24): in float32, optimized's sparse OT orders copies unlike the reference on some drawn
+        # cases the rounding model does not flag (a tie rule or rounding: not settled); judged in float64 only.
+        raise NotCovered("copies under the sparse-OT solver are judged in float64 only (see conformance/README)")
     rd, rc = ctx.ref.route(router, x, w, factor=factor, noise=noise)
     logits = case_logits(case)
     assert_same_routing(ctx, router, logits, factor, (d, c), (rd, rc), "route with identical tokens")
