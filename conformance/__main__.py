@@ -8,8 +8,9 @@ import time
 
 from tqdm import tqdm
 
+from reference import ROUTERS
+
 from ._coverage import declared, describe, require_library
-from ._properties import ROUTERS
 from ._runner import PROFILES, failure_report, load, run, table
 
 
@@ -28,6 +29,10 @@ def main(argv=None) -> int:
         help="float64 lets a JAX implementation compute in float64; float32 judges by float32 tolerances. Default: "
         "the implementation's DTYPE if it declares one (an adapter: the dtype its library computes in), else float64",
     )  # fmt: skip
+    parser.add_argument(
+        "-x", "--exitfirst", action="store_true",
+        help="stop at the first failing property (as pytest's -x); the report says how many checks did not run",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     start = time.perf_counter()
@@ -45,15 +50,18 @@ def main(argv=None) -> int:
     bar = tqdm(total=None, unit="check", file=sys.stderr, disable=args.no_progress, mininterval=0.1 if tty else 30.0,
                ascii=not tty)  # fmt: skip
 
-    def progress(done, total, label):
-        bar.total = total
+    total = [0]  # the number of checks the run planned, for the --exitfirst report
+
+    def progress(done, planned, label):
+        total[0] = planned
+        bar.total = planned
         bar.set_postfix_str(label[:60], refresh=False)
         bar.update(done - bar.n)
 
     try:
         outcomes = run(
             impl, args.ref, profile=args.profile, routers=args.router, properties=args.property,
-            dtype=dtype, progress=progress,
+            dtype=dtype, fail_fast=args.exitfirst, progress=progress,
         )  # fmt: skip
     except ValueError as err:
         bar.close()
@@ -65,6 +73,9 @@ def main(argv=None) -> int:
     passed = sum(o.status == "passed" for o in outcomes)
     print(f"\n{passed} passed, {len(failed)} failed, {len(outcomes) - passed - len(failed)} not applicable "
           f"in {time.perf_counter() - start:.0f} s")  # fmt: skip
+    if args.exitfirst and failed and len(outcomes) < total[0]:
+        print(f"stopped early at the first failure (--exitfirst): {total[0] - len(outcomes)} of {total[0]} checks "
+              f"did not run")  # fmt: skip
     if failed:
         print("\n" + failure_report(outcomes))
     if failed and hasattr(impl, "FINDINGS"):  # an adapter: say which failures its library's findings explain

@@ -15,8 +15,10 @@ from hypothesis import HealthCheck, Phase, example, given, reject, settings
 from hypothesis.errors import Unsatisfiable
 from hypothesis.reporting import with_reporter
 
+from reference import ROUTERS
+
 from ._coverage import NotCovered, declared, is_covered, require_library
-from ._properties import PROPERTIES, ROUTERS, Context, Property
+from ._properties import PROPERTIES, Context, Property
 from ._recorder import Recorder
 
 # Shrinking is on (a failure is reported with a small counterexample); Hypothesis's "explain" phase, which
@@ -28,6 +30,8 @@ PROFILES = {
     "dev": settings(max_examples=10, **_COMMON),
     # What the README's test command runs: the same examples on every run, no timing-based failures.
     "ci": settings(max_examples=25, derandomize=True, database=None, **_COMMON),
+    # The mutation score (tools/mutation_score.py): a few examples, the same on every run, one run per mutant.
+    "quick": settings(max_examples=10, derandomize=True, database=None, **_COMMON),
     # `tox -e conformance`: many more examples, random each run.
     "thorough": settings(max_examples=400, **_COMMON),
 }
@@ -57,7 +61,7 @@ def load(name_or_module) -> types.ModuleType:
         raise SystemExit(f"cannot import the implementation {name_or_module!r}: {err}") from err
 
 
-def _precision_context(impl: types.ModuleType, dtype: str):
+def precision_context(impl: types.ModuleType, dtype: str):
     """float64: let a JAX implementation compute in float64 (the suite's inputs are float64 arrays). An adapter
     imports its library lazily, so one that declares ``FRAMEWORK = "JAX"`` counts even before jax is loaded."""
     if dtype == "float64" and ("jax" in sys.modules or getattr(impl, "FRAMEWORK", None) == "JAX"):
@@ -112,6 +116,8 @@ def run_property(
     for case in prop.examples:
         test = example(case)(test)
     chosen = PROFILES[profile]
+    if prop.share < 1:
+        chosen = settings(chosen, max_examples=max(10, round(prop.share * chosen.max_examples)))
     if not shrink:
         chosen = settings(chosen, phases=[p for p in PHASES if p is not Phase.shrink])
     test = chosen(test)
@@ -186,7 +192,7 @@ def run(
         for router in [None] if prop.routers is None else [r for r in prop.routers if r in routers]:
             jobs.append((prop, router))
     outcomes = []
-    with _precision_context(impl, dtype):
+    with precision_context(impl, dtype):
         for i, (prop, router) in enumerate(jobs):
             if progress:
                 progress(i, len(jobs), f"{prop.name} {router or ''}".strip())

@@ -84,3 +84,33 @@ def route_case(draw, router: str):
         for shape in ((experts, width, HIDDEN), (experts, HIDDEN), (experts, HIDDEN, width), (experts, width))
     )
     return {"router": router, "x": x, "weight": weight, "factor": factor, "noise": noise, "experts": experts_params}
+
+
+@st.composite
+def duplicated_route_case(draw, router: str):
+    """A ``route_case`` in which some tokens are exact copies of earlier ones (their noise too): ties between
+    identical tokens are exact in every dtype, and the spec decides them (the lower index first)."""
+    case = draw(route_case(router))
+    tokens = case["x"].shape[0]
+    picks = draw(st.lists(st.integers(0, tokens - 1), min_size=tokens, max_size=tokens))
+    source = np.arange(tokens)
+    for j, pick in enumerate(picks):
+        if pick < j:  # token j copies token pick (itself a copy, perhaps: then of the same original)
+            source[j] = source[pick]
+    case["x"] = case["x"][source]
+    if case["noise"] is not None:
+        case["noise"] = case["noise"][source]
+    return case
+
+
+@st.composite
+def slow_sinkhorn_case(draw):
+    """Logits where Sinkhorn converges slowly (each token prefers one expert by a gap of 3 to 5, the experts
+    unevenly wanted) and a tolerance ``tol``: the iteration at which the column error first falls below ``tol``
+    is far from its neighbours, so a stopping rule that stops elsewhere is visible even in float32."""
+    tokens, experts = draw(st.sampled_from(SHAPES))
+    preferred = np.array(draw(st.lists(st.integers(0, experts - 1), min_size=tokens, max_size=tokens)))
+    gap = draw(st.sampled_from((3.0, 4.0, 5.0)))
+    logits = draw(grid_matrix((tokens, experts), bound=0.5)) + gap * np.eye(experts)[preferred]
+    tol = draw(st.sampled_from((3e-1, 1e-1, 3e-2, 1e-2)))
+    return {"logits": logits, "tol": tol}

@@ -12,6 +12,7 @@ Dimensions: T tokens in a routing group, D model width, H expert hidden width, E
 C capacity (slots per expert), S Soft MoE slots per expert, K (k) experts per token, B images, G groups.
 """
 
+from ._gradients import layer_gradients as layer_gradients
 from ._layer import METRIC_NAMES as METRIC_NAMES
 from ._layer import MLPExperts as MLPExperts
 from ._layer import MoELayer as MoELayer

@@ -2,6 +2,7 @@
 
 import functools
 import importlib
+import os
 import subprocess
 import sys
 import types
@@ -30,12 +31,18 @@ def test_optimized_conforms_to_the_reference():
     assert len(outcomes) >= 40 and all(o.examples >= 10 for o in outcomes)
 
 
+# In float32, copies of tokens under the sparse-OT solver are judged in float64 only (conformance/README, issue 24).
+FLOAT64_ONLY = {("identical_tokens_tie_exactly", "sparsity_constrained_expert_choice")}
+
+
 def test_optimized_conforms_in_float32():
     # JAX's default dtype: every tolerance and tie margin follows the float32 outputs (0 false alarms).
     outcomes = conformance.run("optimized", "reference", profile="ci", dtype="float32")
-    failed = [o for o in outcomes if o.status != "passed"]
+    judged = [o for o in outcomes if (o.property, o.router) not in FLOAT64_ONLY]
+    failed = [o for o in judged if o.status != "passed"]
     assert not failed, conformance.failure_report(outcomes) + "\n".join(f"{o.property}: {o.status}" for o in failed)
-    assert len(outcomes) >= 40 and all(o.examples >= 10 for o in outcomes)
+    assert len(judged) >= 40 and all(o.examples >= 10 for o in judged)
+    assert all(o.status == "n/a" for o in outcomes if (o.property, o.router) in FLOAT64_ONLY)
 
 
 def float32_port(module):
@@ -70,7 +77,7 @@ def test_reference_conforms_to_itself():
     # Only the properties of a trainable layer class need one, and the reference does not have it.
     assert {o.property for o in outcomes if o.status == "n/a"} == {
         "moe_layer_module_matches_reference", "inference_is_noise_free_and_key_independent",
-        "layer_losses_on_clean_logits",
+        "layer_in_training_matches_reference", "layer_gradients_match_finite_differences",
     }  # fmt: skip
 
 
@@ -98,14 +105,26 @@ KILLED_BY = {
     "token_choice_drops_whole_token": "token_choice_follows_algorithm_1",
     "dropped_tokens_pass_through": "dropped_tokens_get_exactly_zero",
     "noise_at_inference": "inference_is_noise_free_and_key_independent",
-    "importance_on_noisy_logits": "layer_losses_on_clean_logits",
+    "importance_on_noisy_logits": "layer_in_training_matches_reference",
     "sinkhorn_exp_overflow": "low_precision_inputs_route_like_the_reference",
+    # The edges (issue 24): each is killed by its own property alone, in both dtypes (the other properties pass it).
+    "noise_std_one_over_sqrt_e": "layer_in_training_matches_reference",
+    "load_loss_scale_misplaced": "layer_in_training_matches_reference",
+    "route_default_k_2": "route_defaults_as_users_call_them",
+    "expert_choice_clips_capacity": "refuses_at_every_entry_point",
+    "softmax_without_max_subtraction": "logits_beyond_exp_overflow",
+    # In float32 the tie property judges sparse OT's copies in float64 only; a sparse-OT comparison kills it there.
+    "sparse_projection_ties_to_higher_index": {"float64": "identical_tokens_tie_exactly",
+                                               "float32": "defaults_as_users_call_them"},
+    "sinkhorn_stops_on_mean_error": "sinkhorn_stops_where_the_spec_stops",
+    "soft_moe_dispatch_without_gradient": "layer_gradients_match_finite_differences",
 }
 
 
 def test_every_mutant_has_its_property():
     assert set(KILLED_BY) == set(MUTANTS)
-    assert set(KILLED_BY.values()) <= {p.name for p in conformance.PROPERTIES}
+    named = {v for value in KILLED_BY.values() for v in (value.values() if isinstance(value, dict) else [value])}
+    assert named <= {p.name for p in conformance.PROPERTIES}
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -115,11 +134,12 @@ def test_the_suite_kills_every_mutant(mutant, dtype):
     # float32 port with the same bug would be; its error must not hide inside them (sinkhorn_one_iteration_short
     # is the smallest).
     module = importlib.import_module(f"conformance.mutants.{mutant}")
+    killer = KILLED_BY[mutant][dtype] if isinstance(KILLED_BY[mutant], dict) else KILLED_BY[mutant]
     outcomes = conformance.run(
         module if dtype == "float64" else float32_port(module), "reference", profile="ci", dtype=dtype,
-        properties=(KILLED_BY[mutant],), fail_fast=True, shrink=False,
+        properties=(killer,), fail_fast=True, shrink=False,
     )  # fmt: skip
-    assert any(o.status == "failed" for o in outcomes), f"{KILLED_BY[mutant]} does not catch {mutant} in {dtype}"
+    assert any(o.status == "failed" for o in outcomes), f"{killer} does not catch {mutant} in {dtype}"
 
 
 def test_cli_prints_table_counterexample_snippet_and_fails():
@@ -131,6 +151,29 @@ def test_cli_prints_table_counterexample_snippet_and_fails():
     assert result.returncode == 1, result.stdout + result.stderr
     assert "| capacity_function | **FAILED**" in result.stdout
     assert "Reproduce with:" in result.stdout and "impl.capacity(" in result.stdout
+
+
+def test_cli_exitfirst_stops_at_the_first_failure_and_says_so():
+    result = subprocess.run(
+        [sys.executable, "-m", "conformance", "--impl", "conformance.mutants.capacity_off_by_one", "--profile", "dev",
+         "-x", "--no-progress", "--property", "capacity_function", "--property", "softmax_affinity_equivalence"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "stopped early at the first failure (--exitfirst): 1 of 2 checks did not run" in result.stdout
+
+
+def test_pytest_entry_point_runs_one_test_per_property_and_router():
+    # A port's CI: pytest --pyargs conformance, the implementation named by CONFORMANCE_IMPL; -k and -x work.
+    env = {**os.environ, "CONFORMANCE_IMPL": "conformance.mutants.capacity_off_by_one", "CONFORMANCE_PROFILE": "dev"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--pyargs", "conformance", "-x",
+         "-k", "capacity_function or route_capacity"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "test_property[route_capacity-softmax_token_choice]" in result.stdout
+    assert "1 failed" in result.stdout and "Reproduce with:" in result.stdout
 
 
 def test_cli_rejects_unknown_router():

@@ -17,8 +17,9 @@ import time
 
 from tqdm import tqdm
 
+from reference import ROUTERS
+
 from .. import _coverage
-from .._properties import ROUTERS
 from .._runner import PROFILES, Outcome, run
 from . import ADAPTERS
 from ._base import explain

@@ -27,4 +27,14 @@ MUTANTS = (
     "noise_at_inference",
     "importance_on_noisy_logits",
     "sinkhorn_exp_overflow",
+    # The edges (issue 24): the layer in training, defaults, refusals through every entry point, exp's range,
+    # exact ties between identical tokens, stopping rules, gradients.
+    "noise_std_one_over_sqrt_e",
+    "load_loss_scale_misplaced",
+    "route_default_k_2",
+    "expert_choice_clips_capacity",
+    "softmax_without_max_subtraction",
+    "sparse_projection_ties_to_higher_index",
+    "sinkhorn_stops_on_mean_error",
+    "soft_moe_dispatch_without_gradient",
 )

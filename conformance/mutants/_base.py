@@ -51,10 +51,11 @@ def _route_from(ns, sinkhorn_combine):
     return route
 
 
-def wrapped_layer(call):
+def wrapped_layer(call, configure=None):
     """A trainable layer class: ``optimized.MoELayer`` whose ``__call__`` is replaced by ``call(inner, x, key,
     inference)``, for the mutants whose bug lives in the layer (its weights stay reachable as ``router_weight``
-    and ``experts``, so the suite can set them)."""
+    and ``experts``, so the suite can set them). ``configure(kwargs)``, if given, rewrites the constructor's
+    keyword arguments (a wrong default)."""
     import equinox as eqx
 
     import optimized
@@ -63,7 +64,7 @@ def wrapped_layer(call):
         inner: optimized.MoELayer
 
         def __init__(self, *args, **kwargs):
-            self.inner = optimized.MoELayer(*args, **kwargs)
+            self.inner = optimized.MoELayer(*args, **(configure(kwargs) if configure else kwargs))
 
         router_weight = property(lambda self: self.inner.router_weight)
         experts = property(lambda self: self.inner.experts)
