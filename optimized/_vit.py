@@ -158,6 +158,33 @@ _layer_norm_f32.defvjp(_layer_norm_forward, _layer_norm_backward)
 _xavier = jax.nn.initializers.xavier_uniform()
 
 
+@jax.custom_vjp
+def _matmul(x: Float[Array, "... D"], w: Float[Array, "D K"]) -> Float[Array, "... K"]:
+    """``x @ w`` with its weight gradient computed as ``X^T @ G``, X and G the inputs and output gradients as rows.
+
+    Choice: the backward pass is written out so that both of its products reach XLA in the (M, K) x (K, N)
+    form that the CPU backend's fast matmul (YNNPACK) accepts. Autodiff's transpose of ``x @ w`` asks for
+    ``dw`` as a product of two transposed operands, which XLA on CPU hands to its slower Eigen path (about
+    1.6x the time of the same product in the fast path on this machine, benchmarks/results/vs_vmoe.md).
+    The numbers are the same products, summed in another order.
+    """
+    return x @ w
+
+
+def _matmul_forward(x, w):
+    return x @ w, (x, w)
+
+
+def _matmul_backward(residuals, g):
+    x, w = residuals
+    width, features = w.shape
+    dw = x.reshape(-1, width).T @ g.reshape(-1, features)
+    return (g @ w.T).astype(x.dtype), dw.astype(w.dtype)
+
+
+_matmul.defvjp(_matmul_forward, _matmul_backward)
+
+
 class _Block(eqx.Module):
     """Pre-norm encoder block: x + Attn(LN(x)); then x + MLP(LN(x)) or x + MoE(LN(x))."""
 
@@ -216,12 +243,12 @@ class _Block(eqx.Module):
         # (B, N, 3D) product: the slices' backward is three zero-padded (B, N, 3D) buffers summed, each the size of
         # the product, where the weight blocks' backward only concatenates (D, D) gradients.
         w, bias = self.qkv_w.astype(dtype), self.qkv_b.astype(dtype)
-        q, k, v = ((h @ w[:, i * d : (i + 1) * d] + bias[i * d : (i + 1) * d]).reshape(b, n, heads, d // heads)
+        q, k, v = ((_matmul(h, w[:, i * d : (i + 1) * d]) + bias[i * d : (i + 1) * d]).reshape(b, n, heads, d // heads)
                    for i in range(3))  # fmt: skip
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(d // heads)
         attn = jax.nn.softmax(logits, axis=-1).astype(dtype)
         out = jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(b, n, d)
-        return x + (out @ self.out_w.astype(dtype) + self.out_b.astype(dtype)).astype(jnp.float32)
+        return x + (_matmul(out, self.out_w.astype(dtype)) + self.out_b.astype(dtype)).astype(jnp.float32)
 
     def __call__(self, x: Float[Array, "B N D"], key, inference: bool):
         dtype = DTYPES[self.dtype]
@@ -229,7 +256,7 @@ class _Block(eqx.Module):
         h = _layer_norm(x, *self.ln2).astype(dtype)
         if self.moe is None:
             w1, b1, w2, b2 = (a.astype(dtype) for a in self.mlp)
-            return x + (jax.nn.gelu(h @ w1 + b1) @ w2 + b2).astype(jnp.float32), None
+            return x + (_matmul(jax.nn.gelu(_matmul(h, w1) + b1), w2) + b2).astype(jnp.float32), None
         b, n, d = h.shape
         groups = self._groups(h)
         keys = jax.random.split(key, groups.shape[0])
@@ -347,7 +374,7 @@ class ViTMoE(eqx.Module):
         side = cfg.image_size // p
         patches = images.reshape(b, side, p, side, p, cfg.channels).transpose(0, 1, 3, 2, 4, 5)
         patches = patches.reshape(b, side * side, p * p * cfg.channels).astype(jnp.float32)
-        x = patches @ self.patch_w + self.patch_b
+        x = _matmul(patches, self.patch_w) + self.patch_b
         if self.cls_token is not None:
             x = jnp.concatenate([jnp.broadcast_to(self.cls_token, (b, 1, cfg.width)), x], axis=1)
         return x + self.pos_embed
