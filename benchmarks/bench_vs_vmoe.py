@@ -62,7 +62,8 @@ DEFAULT_ROWS = ("dense", "ec1", "tc1", "soft1")
 def _import_vmoe(vmoe_path: str | None, vit_jax_path: str | None):
     """Put the vmoe clone (and vit_jax) on sys.path and import what the benchmark needs, or explain and exit."""
     if not vmoe_path:
-        sys.exit("bench_vs_vmoe: no vmoe clone given: pass --vmoe PATH or set VMOE_PATH (a clone of google-research/vmoe)")
+        sys.exit("bench_vs_vmoe: no vmoe clone given: pass --vmoe PATH or set VMOE_PATH "
+                 "(a clone of google-research/vmoe)")
     if not (Path(vmoe_path) / "vmoe" / "nn" / "vit_moe.py").is_file():
         sys.exit(f"bench_vs_vmoe: --vmoe {vmoe_path!r} is not a clone of google-research/vmoe (no vmoe/nn/vit_moe.py)")
     sys.path.insert(0, str(Path(vmoe_path).resolve()))
@@ -95,7 +96,7 @@ def our_config(size: dict, router: str | None, factor):
 
 
 def ours(size: dict, router: str | None, factor) -> dict:
-    """Our model as three jittable functions of (params, opt_state, images, labels, key), and its parameters."""
+    """Our model, its parameters and its loss ``loss(params, images, labels, key)``."""
     from optimized import ViTMoE
 
     model = ViTMoE(our_config(size, router, factor), key=jax.random.key(0))
@@ -120,7 +121,8 @@ def vmoe_model(vit_moe, size: dict, router: str | None, factor):
                      importance_loss_weight=0.005, load_loss_weight=0.005, gshard_loss_weight=0.0,
                      dispatcher=dict(dispatcher, batch_priority=False))  # fmt: skip
     elif router == "softmax_expert_choice":
-        route = dict(name="NoisyTopItemsPerExpertRouter", noise_std=0.0, dispatcher=dict(dispatcher, capacity_factor=factor))
+        route = dict(name="NoisyTopItemsPerExpertRouter", noise_std=0.0,
+                     dispatcher=dict(dispatcher, capacity_factor=factor))  # fmt: skip
     elif router == "soft_moe":
         route = dict(name="vmoe.projects.soft_moe.router.SoftRouter", capacity_factor=factor,
                      compute_similarity_metrics=False)  # fmt: skip
@@ -144,7 +146,9 @@ def theirs(vit_moe, size: dict, router: str | None, factor, images) -> dict:
 
     def loss(params, images, labels, key):
         logits, metrics = module.apply({"params": params}, images, rngs={"gating": key, "dropout": key})
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean() + jnp.mean(metrics["auxiliary_loss"])
+        # vmoe's auxiliary loss is per group (G,); ours is the mean over groups, summed over the layers
+        aux = jnp.mean(metrics["auxiliary_loss"])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean() + aux
 
     return {"params": params, "loss": loss}
 
@@ -284,7 +288,8 @@ def main(argv=None) -> int:
     stem = args.name or ("vs_vmoe" if args.size == "small" else f"vs_vmoe_{args.size}")
     meta = {"size": args.size, "shape": size, "rounds": args.rounds, "jax": jax.__version__,
             "platform": jax.devices()[0].platform, "cpus": os.cpu_count(), "machine": platform.machine(),
-            "load_after": _load(), "command": "python benchmarks/bench_vs_vmoe.py " + " ".join(argv or sys.argv[1:])}  # fmt: skip
+            "load_after": _load(),
+            "command": "python benchmarks/bench_vs_vmoe.py " + " ".join(argv or sys.argv[1:])}  # fmt: skip
     (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     (out / f"{stem}.table.md").write_text("\n".join(lines) + "\n")
     return 0
@@ -313,7 +318,8 @@ def _table(args, size, rows) -> list[str]:
     mib = 2.0**20
     for r in rows:
         mv, mo = r["memory"]["vmoe"], r["memory"]["ours"]
-        lines.append(f"| {r['model']} | {r['parameters']:,} | {mv.get('total', 0) / mib:.1f} ({mv.get('temp', 0) / mib:.1f}) | "
+        lines.append(f"| {r['model']} | {r['parameters']:,} | "
+                     f"{mv.get('total', 0) / mib:.1f} ({mv.get('temp', 0) / mib:.1f}) | "
                      f"{mo.get('total', 0) / mib:.1f} ({mo.get('temp', 0) / mib:.1f}) |")  # fmt: skip
     return lines
 
