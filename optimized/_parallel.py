@@ -108,7 +108,14 @@ def moe_over_groups(layer, groups, keys, inference: bool):
     """
     n = _expert_axis_size()
     if n == 1:
-        return jax.vmap(lambda g, k: layer(g, key=k, inference=inference))(groups, keys)
+        # Choice: the experts run once on all the groups' slots, (E, G * C, D), between a vmapped dispatch and
+        # a vmapped combine, rather than inside a vmap of the whole layer: each expert then multiplies one
+        # (G * C, D) matrix, its weight gradient is one plain product (see ``MLPExperts.batched``), and no
+        # per-group gradient of the expert weights is formed and summed.
+        slots, state, aux = jax.vmap(lambda g, k: layer.dispatch(g, key=k, inference=inference))(groups, keys)
+        g, e, c, d = slots.shape
+        outputs = layer.experts.batched(slots.transpose(1, 0, 2, 3).reshape(e, g * c, d))
+        return jax.vmap(layer.combine)(outputs.reshape(e, g, c, d).transpose(1, 0, 2, 3), state), aux
     mesh = jax.sharding.get_abstract_mesh()
     data = mesh.shape.get(DATA, 1)
     check_expert_parallel(layer.num_experts, groups.shape[0], data, n)

@@ -6,12 +6,14 @@
 
 Sparse routers route groups of ``group_images`` images' tokens flattened together (T = group_images * N);
 Soft MoE routes each image on its own (T = N). The pairs are identical, so they are built with
-``eqx.filter_vmap`` and run with ``jax.lax.scan``: compile time does not grow with depth.
+``eqx.filter_vmap`` (their arrays stacked) and run with ``jax.lax.scan``, unrolled unless
+``config.scan_layers`` (a rolled scan: compile time does not grow with depth, but the step is slower on CPU).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import equinox as eqx
@@ -58,6 +60,8 @@ class ViTMoEConfig:
     freeze_router: bool = False  # True: the router weights keep their random initialization (the training loop
     # gives them no update): the fixed random-routing control
     dtype: str = "float32"  # compute dtype of the matmuls: "float32" or "bfloat16"
+    scan_layers: bool = False  # True: the pairs of blocks run as a rolled jax.lax.scan (compile time flat in depth);
+    # False: the scan is unrolled (faster on CPU; see ViTMoE)
 
     def replace(self, **changes) -> ViTMoEConfig:
         return dataclasses.replace(self, **changes)
@@ -118,13 +122,67 @@ VARIANTS: dict[str, dict] = {
 
 
 def _layer_norm(x, scale, bias, eps=1e-6):
-    x32 = x.astype(jnp.float32)
-    mean = x32.mean(axis=-1, keepdims=True)
-    var = x32.var(axis=-1, keepdims=True)
-    return (x32 - mean) * jax.lax.rsqrt(var + eps) * scale + bias
+    """Layer norm over the last axis in float32: ``(x - mean) / sqrt(var + eps) * scale + bias``."""
+    return _layer_norm_f32(x.astype(jnp.float32), scale, bias, eps)
+
+
+# Choice: the layer norm has its backward pass written out, ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))``
+# with ``g = dy * scale``, instead of the one autodiff derives. Autodiff's backward is a sum of several broadcast
+# terms (through the mean, the variance and the direct path); XLA on CPU fuses that sum into each of its three
+# consumers (the next layer norm's backward, a matmul's input, the transposed copy for a weight gradient) and
+# recomputes it there, along the whole residual stream: the ViT's backward pass moved 1.5x the bytes of vmoe's
+# (benchmarks/results/vs_vmoe.md). Written out, the residual gradient is computed once.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _layer_norm_f32(x, scale, bias, eps):
+    return _layer_norm_forward(x, scale, bias, eps)[0]
+
+
+def _layer_norm_forward(x, scale, bias, eps):
+    centered = x - x.mean(axis=-1, keepdims=True)
+    rstd = jax.lax.rsqrt((centered * centered).mean(axis=-1, keepdims=True) + eps)
+    normalized = centered * rstd
+    return normalized * scale + bias, (normalized, rstd, scale)
+
+
+def _layer_norm_backward(eps, residuals, dy):
+    normalized, rstd, scale = residuals
+    g = dy * scale
+    dx = rstd * (g - g.mean(axis=-1, keepdims=True) - normalized * (g * normalized).mean(axis=-1, keepdims=True))
+    batch = tuple(range(dy.ndim - 1))
+    return dx, (dy * normalized).sum(axis=batch), dy.sum(axis=batch)
+
+
+_layer_norm_f32.defvjp(_layer_norm_forward, _layer_norm_backward)
 
 
 _xavier = jax.nn.initializers.xavier_uniform()
+
+
+@jax.custom_vjp
+def _matmul(x: Float[Array, "... D"], w: Float[Array, "D K"]) -> Float[Array, "... K"]:
+    """``x @ w`` with its weight gradient computed as ``X^T @ G``, X and G the inputs and output gradients as rows.
+
+    Choice: the backward pass is written out so that both of its products reach XLA in the (M, K) x (K, N)
+    form that the CPU backend's fast matmul (YNNPACK) accepts. Autodiff's transpose of ``x @ w`` asks for
+    ``dw`` as a product of two transposed operands, which XLA on CPU hands to its slower Eigen path (about
+    1.6x the time of the same product in the fast path on this machine, benchmarks/results/vs_vmoe.md).
+    The numbers are the same products, summed in another order.
+    """
+    return x @ w
+
+
+def _matmul_forward(x, w):
+    return x @ w, (x, w)
+
+
+def _matmul_backward(residuals, g):
+    x, w = residuals
+    width, features = w.shape
+    dw = x.reshape(-1, width).T @ g.reshape(-1, features)
+    return (g @ w.T).astype(x.dtype), dw.astype(w.dtype)
+
+
+_matmul.defvjp(_matmul_forward, _matmul_backward)
 
 
 class _Block(eqx.Module):
@@ -181,12 +239,16 @@ class _Block(eqx.Module):
         b, n, d = x.shape
         heads = self.num_heads
         h = _layer_norm(x, *self.ln1).astype(dtype)
-        qkv = (h @ self.qkv_w.astype(dtype) + self.qkv_b.astype(dtype)).reshape(b, n, 3, heads, d // heads)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        # Choice: q, k and v come from three matmuls with column blocks of the fused weight, not from slicing one
+        # (B, N, 3D) product: the slices' backward is three zero-padded (B, N, 3D) buffers summed, each the size of
+        # the product, where the weight blocks' backward only concatenates (D, D) gradients.
+        w, bias = self.qkv_w.astype(dtype), self.qkv_b.astype(dtype)
+        q, k, v = ((_matmul(h, w[:, i * d : (i + 1) * d]) + bias[i * d : (i + 1) * d]).reshape(b, n, heads, d // heads)
+                   for i in range(3))  # fmt: skip
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(d // heads)
         attn = jax.nn.softmax(logits, axis=-1).astype(dtype)
         out = jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(b, n, d)
-        return x + (out @ self.out_w.astype(dtype) + self.out_b.astype(dtype)).astype(jnp.float32)
+        return x + (_matmul(out, self.out_w.astype(dtype)) + self.out_b.astype(dtype)).astype(jnp.float32)
 
     def __call__(self, x: Float[Array, "B N D"], key, inference: bool):
         dtype = DTYPES[self.dtype]
@@ -194,7 +256,7 @@ class _Block(eqx.Module):
         h = _layer_norm(x, *self.ln2).astype(dtype)
         if self.moe is None:
             w1, b1, w2, b2 = (a.astype(dtype) for a in self.mlp)
-            return x + (jax.nn.gelu(h @ w1 + b1) @ w2 + b2).astype(jnp.float32), None
+            return x + (_matmul(jax.nn.gelu(_matmul(h, w1) + b1), w2) + b2).astype(jnp.float32), None
         b, n, d = h.shape
         groups = self._groups(h)
         keys = jax.random.split(key, groups.shape[0])
@@ -312,7 +374,7 @@ class ViTMoE(eqx.Module):
         side = cfg.image_size // p
         patches = images.reshape(b, side, p, side, p, cfg.channels).transpose(0, 1, 3, 2, 4, 5)
         patches = patches.reshape(b, side * side, p * p * cfg.channels).astype(jnp.float32)
-        x = patches @ self.patch_w + self.patch_b
+        x = _matmul(patches, self.patch_w) + self.patch_b
         if self.cls_token is not None:
             x = jnp.concatenate([jnp.broadcast_to(self.cls_token, (b, 1, cfg.width)), x], axis=1)
         return x + self.pos_embed
@@ -327,7 +389,13 @@ class ViTMoE(eqx.Module):
             layer_params, layer_key = layer
             return step(eqx.combine(layer_params, static), x, layer_key)
 
-        return jax.lax.scan(body, self._tokens(images), (params, keys))
+        # Choice: unrolled by default (``scan_layers=False``). A rolled scan stacks each pair's activations for
+        # the backward pass into (depth / 2, ...) buffers (zero-filled, then written slice by slice and copied)
+        # and keeps XLA from fusing across pairs: on CPU the whole step took ~1.2x longer and 1.6x the temporary
+        # memory (benchmarks/results/vs_vmoe.md). The rolled scan compiles in a time that does not grow with
+        # depth, which is worth it for deep models (L/16) or when compile time dominates; on GPU/TPU measure both.
+        unroll = 1 if self.config.scan_layers else self.config.depth // 2
+        return jax.lax.scan(body, self._tokens(images), (params, keys), unroll=unroll)
 
     def features(
         self, images: Float[Array, "B H W ch"], *, key: PRNGKeyArray | None = None, inference: bool = True

@@ -225,3 +225,48 @@ def test_tiny_vit_moe_overfits_a_handful_of_images(router):
     logits, _ = model(images, inference=True)
     assert first > 1.0  # log(4) = 1.39 at the zero-initialized head
     assert float((logits.argmax(-1) == labels).mean()) == 1.0, router
+
+
+@pytest.mark.parametrize("router", ["softmax_token_choice", "soft_moe"])
+def test_vit_scan_layers_and_written_out_backward_match_autodiff(router):
+    # The unrolled pairs (the default) and the rolled scan are one function; the layer norm and matmuls with
+    # written-out backward passes (optimized._vit) give autodiff's gradients; the experts run on (E, G * C, D)
+    # give the per-group layer's outputs.
+    from optimized._vit import _layer_norm_forward, _matmul
+
+    config = tiny_config(router, depth=4, pool="cls", soft_moe_normalize=router == "soft_moe")
+    images = jax.random.normal(jax.random.key(1), (4, 8, 8, 1))
+    model = O.ViTMoE(config, key=jax.random.key(0))
+    rolled = O.ViTMoE(config.replace(scan_layers=True), key=jax.random.key(0))
+
+    def loss(model):
+        logits, aux = model(images, key=jax.random.key(2))
+        return (logits**2).sum() + aux["loss"]
+
+    for a, b in zip(jax.tree.leaves(eqx.filter_grad(loss)(model)), jax.tree.leaves(eqx.filter_grad(loss)(rolled)),
+                    strict=True):  # fmt: skip
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    x = jax.random.normal(jax.random.key(3), (2, 5, 16)) * 3 + 1
+    scale, bias = jax.random.normal(jax.random.key(4), (2, 16))
+    w = jax.random.normal(jax.random.key(5), (16, 7))
+    g = jax.random.normal(jax.random.key(6), (2, 5, 7))
+
+    def autodiff_layer_norm(x, scale, bias):
+        return _layer_norm_forward(x, scale, bias, 1e-6)[0]
+
+    for ours, plain in (
+        (lambda x, s, b: O._vit._layer_norm(x, s, b) @ w, lambda x, s, b: autodiff_layer_norm(x, s, b) @ w),
+        (lambda x, s, b: _matmul(x * s + b, w), lambda x, s, b: (x * s + b) @ w),
+    ):
+        mine = jax.vjp(ours, x, scale, bias)[1](g)
+        theirs = jax.vjp(plain, x, scale, bias)[1](g)
+        for a, b in zip(mine, theirs, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    layer = model.pairs.second.moe
+    layer = jax.tree.map(lambda a: a[0], eqx.filter(layer, eqx.is_array))
+    layer = eqx.combine(layer, eqx.filter(model.pairs.second.moe, eqx.is_array, inverse=True))
+    groups = jax.random.normal(jax.random.key(8), (2, config.group_size, config.width))
+    keys = jax.random.split(jax.random.key(9), 2)
+    y, _ = O.moe_over_groups(layer, groups, keys, False)
+    y0 = jnp.stack([layer(g, key=k)[0] for g, k in zip(groups, keys, strict=True)])
+    np.testing.assert_allclose(y, y0, rtol=1e-5, atol=1e-6)
