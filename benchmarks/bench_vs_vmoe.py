@@ -8,7 +8,7 @@ on both sides (vmoe's ``Bfloat16Dispatcher`` wrapper is replaced by the identity
 vmoe's optional similarity metrics. Three programs are timed per row, each interleaved ours, vmoe, ours, vmoe,
 ... after compiling: the forward pass (loss only), ``value_and_grad`` (forward + backward), and the whole step;
 medians and the ratio vmoe / ours of the medians, plus the compiled step's memory (``memory_analysis()``).
-The row "ours, train.loop.make_step" times the project's own training step (routing metrics, gradient norm,
+The row "ours, train.trainer.make_step" times the project's own training step (routing metrics, gradient norm,
 donation) on the same model, against the same vmoe step.
 
 vmoe is not on PyPI: point ``--vmoe`` (or ``VMOE_PATH``) at a clone of google-research/vmoe. It imports
@@ -192,8 +192,8 @@ def programs(side: dict, images, labels, optimizer) -> dict:
 
 
 def train_loop_step(model, images, labels, optimizer):
-    """The project's own step, ``train.loop.make_step`` (routing metrics, gradient norm, donated state)."""
-    from train.loop import make_step
+    """The project's own step, ``train.trainer.make_step`` (routing metrics, gradient norm, donated state)."""
+    from train.trainer import make_step
 
     step_fn = make_step(optimizer, 0.0, model.config.num_classes)
     state = [model, optimizer.init(eqx.filter(model, eqx.is_array))]
@@ -246,7 +246,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", nargs="+", choices=tuple(ROWS), default=list(DEFAULT_ROWS))
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--batch", type=int, default=None, help="default: the size's batch")
-    parser.add_argument("--no-train-loop", action="store_true", help="skip the train.loop.make_step timing")
+    parser.add_argument("--no-train-loop", action="store_true", help="skip the train.trainer.make_step timing")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--name", default=None, help="result file stem; default vs_vmoe (small) or vs_vmoe_b32")
     args = parser.parse_args(argv)
