@@ -39,11 +39,15 @@ class MLPExperts(eqx.Module):
         r = integer("r", r, minimum=0, maximum=self.w1.shape[0] - 1, what=" (an expert index)")
         return _one_expert(self, r, inputs)
 
-    def batched(self, slots: Float[Array, "E C D"]) -> Float[Array, "E C D"]:
+    def batched(self, slots: Float[Array, "E C D"], *, written_out_backward: bool = True) -> Float[Array, "E C D"]:
+        """All experts on (E, C, D) slots. ``written_out_backward=False`` uses autodiff's backward: needed
+        inside ``shard_map`` (expert parallelism), where the weight gradient must also be summed over the
+        ``data`` axis, which autodiff does and the written-out backward does not."""
         dtype = slots.dtype
-        hidden = _batched_matmul(slots, self.w1.astype(dtype)) + self.b1[:, None, :].astype(dtype)
+        matmul = _batched_matmul if written_out_backward else functools.partial(jnp.einsum, "ecd,edh->ech")
+        hidden = matmul(slots, self.w1.astype(dtype)) + self.b1[:, None, :].astype(dtype)
         hidden = jax.nn.gelu(hidden)
-        return _batched_matmul(hidden, self.w2.astype(dtype)) + self.b2[:, None, :].astype(dtype)
+        return matmul(hidden, self.w2.astype(dtype)) + self.b2[:, None, :].astype(dtype)
 
 
 @jax.custom_vjp

@@ -142,6 +142,6 @@ def _exchange_and_run(slots, experts: MLPExperts, n: int):
     send = slots.reshape(g, n, local, c, d).transpose(1, 0, 2, 3, 4)  # (n, G_l, E/n, C, D): block j -> device j
     received = jax.lax.all_to_all(send, EXPERT, 0, 0, tiled=True)  # (n, G_l, E/n, C, D): from device j, its groups
     mine = received.transpose(2, 0, 1, 3, 4).reshape(local, n * g * c, d)
-    outputs = experts.batched(mine).reshape(local, n, g, c, d).transpose(1, 2, 0, 3, 4)
+    outputs = experts.batched(mine, written_out_backward=False).reshape(local, n, g, c, d).transpose(1, 2, 0, 3, 4)
     returned = jax.lax.all_to_all(outputs, EXPERT, 0, 0, tiled=True)  # (n, G_l, E/n, C, D): from expert block j
     return returned.transpose(1, 0, 2, 3, 4).reshape(g, e, c, d)

@@ -90,8 +90,15 @@ def test_forward_exchanges_exactly_two_all_to_alls_per_moe_layer(router, mesh_sh
         # 8 groups of T = 16 tokens (sparse: 4 images of 4 patches; Soft MoE: one image each, S = 1 slot)
         config = train.resolve("tiny").model.replace(router=router, num_experts=8, depth=depth, group_images=4,
                                                      factor=2)  # fmt: skip
-        model = ViTMoE(config, key=jax.random.key(0))
         images = jax.random.normal(jax.random.key(1), (32 if router != "soft_moe" else 8, 8, 8, 1))
+        # unrolled pairs (the default): two all-to-alls per MoE layer in the program
+        unrolled = ViTMoE(config, key=jax.random.key(0))
+        with jax.set_mesh(mesh):
+            unrolled = jax.device_put(unrolled, shardings(unrolled, mesh))
+            sharded = jax.device_put(images, NamedSharding(mesh, P((DATA, EXPERT))))
+            hlo = jax.jit(lambda m, x: m(x, inference=True)[0]).lower(unrolled, sharded).compile().as_text()
+        assert _ops(hlo).count("all-to-all") == 2 * (depth // 2), (depth, mesh_shape, _ops(hlo))
+        model = ViTMoE(config.replace(scan_layers=True), key=jax.random.key(0))  # the rolled scan: one body
         with jax.set_mesh(mesh):
             model = jax.device_put(model, shardings(model, mesh))
             images = jax.device_put(images, NamedSharding(mesh, P((DATA, EXPERT))))
