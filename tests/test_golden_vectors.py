@@ -151,6 +151,11 @@ def test_check_reports_a_broken_capacity():
 # the noisy logits) are outside their API, and an overflow in float16 needs float16 inputs.
 HYPOTHESIS_ONLY = {
     "zero_plan_slots_to_higher_index", "noise_at_inference", "importance_on_noisy_logits", "sinkhorn_exp_overflow",
+    # The classes of issue 24, each killed by its own property (tests/test_conformance.py), none by the vectors:
+    # the layer in training and its gradients are outside the replayed API, and the vectors hold no default-argument
+    # call, no refusal through route, no logit past exp's range and no exactly duplicated token.
+    "noise_std_one_over_sqrt_e", "load_loss_scale_misplaced", "soft_moe_dispatch_without_gradient", "route_default_k_2",
+    "expert_choice_clips_capacity", "softmax_without_max_subtraction", "sparse_projection_ties_to_higher_index",
 }  # fmt: skip
 
 
