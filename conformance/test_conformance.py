@@ -17,7 +17,11 @@ from __future__ import annotations
 
 import os
 
-import pytest
+try:
+    import pytest
+except ImportError as err:  # this module is the suite as pytest tests; the CLI (python -m conformance) needs no pytest
+    raise ImportError("conformance.test_conformance runs under pytest (`pip install pytest`, then "
+                      "`pytest --pyargs conformance`); without it use `python -m conformance`") from err
 
 from ._properties import PROPERTIES
 from ._runner import failure_report, load, precision_context, run_property
