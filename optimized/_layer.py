@@ -11,7 +11,16 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._checks import float_array, integer, positive_real, row_stochastic, same_shape
-from ._route import COMBINE_FROM, SINKHORN_ROUTERS, TOKEN_CHOICE_ROUTERS, check_router, sparse_capacity, sparse_routing
+from ._route import (
+    CAPACITY_RULES,
+    COMBINE_FROM,
+    SINKHORN_ROUTERS,
+    TOKEN_CHOICE_ROUTERS,
+    check_router,
+    sparse_capacity,
+    sparse_routing,
+    vmoe_capacity,
+)
 from ._routing import Routing, capacity, router_dtype, soft_moe_logits, soft_moe_tensors
 
 # ------------------------------------------------------------------------------------------------- experts
@@ -238,15 +247,30 @@ def soft_metrics(combine: Float[Array, "T E S"]) -> dict[str, jax.Array]:
 
 
 SINKHORN_STYLES = ("paper", "vmoe")
+ROUTER_INITS = ("normal", "lecun")
+EXPERT_INITS = ("independent", "shared")
+DEFAULT_AUX_WEIGHT = 0.005  # importance and load loss weights: V-MoE's 0.005 each (vmoe_paper/common.py:242-243)
 
 
 def _l2_normalize(x, axis):
     return x * jax.lax.rsqrt(jnp.sum(x * x, axis=axis, keepdims=True) + 1e-6)
 
 
-def _capacity_at(router: str, group_size: int, num_experts: int, built: int, capacity_factor: float) -> int:
-    """C = capacity(T, E, capacity_factor) for ``router``; ``built`` is the layer's C (Soft MoE: its S slots)."""
-    slots = capacity(group_size, num_experts, capacity_factor)
+def _capacity_at(
+    router: str, group_size: int, num_experts: int, built: int, capacity_factor: float,
+    rule: str = "round", vmoe_factor: float = 1.05,
+) -> int:
+    """C = capacity(T, E, capacity_factor) for ``router``; ``built`` is the layer's C (Soft MoE: its S slots).
+
+    Under ``rule="vmoe"``: Token Choice C = vmoe_capacity(T * capacity_factor, E, vmoe_factor) (capacity_factor
+    in the units of k), Expert Choice C = vmoe_capacity(T, E, capacity_factor).
+    """
+    if rule == "vmoe" and router in TOKEN_CHOICE_ROUTERS:
+        slots = vmoe_capacity(group_size * capacity_factor, num_experts, vmoe_factor)
+    elif rule == "vmoe":
+        slots = vmoe_capacity(group_size, num_experts, capacity_factor)
+    else:
+        slots = capacity(group_size, num_experts, capacity_factor)
     if router == "soft_moe":
         if slots != built:
             raise ValueError(
@@ -293,14 +317,28 @@ class MoELayer(eqx.Module):
     Choice: Softmax Token Choice adds noise N(0, noise_std^2) to its logits in training (default standard
     deviation noise_std = 1/E, as V-MoE) and none at inference; the importance loss is taken on the softmax
     of the clean logits and the load loss compares clean and noisy logits (Appendix A, and V-MoE's router).
-    Sinkhorn Token Choice gets the importance loss only (it has no noise). The defaults weigh each loss 0.005
-    (V-MoE's 0.01 total).
+    Sinkhorn Token Choice gets the importance loss only (it has no noise). The defaults (``None``) weigh each
+    loss 0.005 (V-MoE's 0.01 total).
     Choice: ``sinkhorn_style="paper"`` (the default) gives the Sinkhorn routers no noise, as the paper's text
     (Sinkhorn balances by itself); ``"vmoe"`` follows the authors' released router code
     (``vmoe/projects/sparsity_constrained_ot/kl_projection_routing.py``): noise N(0, noise_std^2) on the logits
-    in training for both Sinkhorn routers, and the importance and load losses for Sinkhorn Token Choice.
-    Choice: the router weights start from N(0, 0.02^2) rather than zero, so that Expert Choice does not
-    begin with every expert choosing the same tokens by the tie rule.
+    in training for both Sinkhorn routers, the plan computed from the noisy logits; Sinkhorn Token Choice
+    combines with the softmax of the clean logits (``:108``) and its loss weights default to 0 (``:53-54``;
+    the importance and load losses are still computed and weighed if given), Sinkhorn Expert Choice combines
+    with the softmax of the noisy logits (``:221``) and has no loss.
+    Choice: ``expert_choice_noise_std`` adds N(0, std^2) noise to Softmax Expert Choice's logits in training
+    (dispatch and combine both from the noisy softmax), as vmoe's ``NoisyTopItemsPerExpertRouter``
+    (``vmoe/nn/routing.py:220-228``); the default 0 is the paper's text (no noise for Expert Choice), None is
+    vmoe's default 1/E (its ``noise_std=1.0`` times 1/E). The other routers ignore it.
+    Choice: ``router_init="normal"`` starts W from N(0, 0.02^2) rather than zero, so that Expert Choice does
+    not begin with every expert choosing the same tokens by the tie rule; ``"lecun"`` is vmoe's (flax
+    ``nn.Dense``'s default, ``jax.nn.initializers.lecun_normal()``: a truncated normal of std 1/sqrt(D) for W;
+    for Soft MoE's phi (D, E, S) the same initializer, as vmoe's ``soft_moe/router.py:49``, std 1/sqrt(D E)).
+    Choice: ``expert_init="independent"`` draws each expert's weights on its own; ``"shared"`` gives all E
+    experts of the layer one draw (vmoe's ``split_rngs=False``, ``vmoe/configs/vmoe_paper/common.py:237``).
+    Choice: ``capacity_rule="round"`` is the paper's C = round(factor T / E); ``"vmoe"`` the authors' configs
+    (``optimized._route.vmoe_capacity``), with ``vmoe_capacity_factor`` their Token Choice
+    ``dispatcher.capacity_factor``.
     """
 
     router: str = eqx.field(static=True)
@@ -319,6 +357,9 @@ class MoELayer(eqx.Module):
     combine_from: str = eqx.field(static=True)
     soft_moe_normalize: bool = eqx.field(static=True)
     sinkhorn_style: str = eqx.field(static=True)
+    expert_choice_noise_std: float = eqx.field(static=True)
+    capacity_rule: str = eqx.field(static=True)
+    vmoe_capacity_factor: float = eqx.field(static=True)
     router_weight: Array  # W (D, E) for sparse routers, phi (D, E, S) for Soft MoE
     experts: MLPExperts
     scale: Array | None  # Soft MoE normalization scale, when soft_moe_normalize
@@ -334,17 +375,37 @@ class MoELayer(eqx.Module):
         factor: float = 1,
         capacity_factor: float | None = None,
         noise_std: float | None = None,
-        importance_weight: float = 0.005,
-        load_weight: float = 0.005,
+        importance_weight: float | None = None,
+        load_weight: float | None = None,
         sinkhorn_iters: int = 20,
         sparse_ot_iters: int = 20,
         sparse_ot_learning_rate: float = 1e-2,
         combine_from: str = "softmax",
         soft_moe_normalize: bool = False,
         sinkhorn_style: str = "paper",
+        expert_choice_noise_std: float | None = 0.0,
+        router_init: str = "normal",
+        expert_init: str = "independent",
+        capacity_rule: str = "round",
+        vmoe_capacity_factor: float = 1.05,
         key: PRNGKeyArray,
     ):
         self.router = check_router(router)
+        if sinkhorn_style not in SINKHORN_STYLES:
+            raise ValueError(f"sinkhorn_style must be one of {', '.join(SINKHORN_STYLES)}; got {sinkhorn_style!r}")
+        if router_init not in ROUTER_INITS:
+            raise ValueError(f"router_init must be one of {', '.join(ROUTER_INITS)}; got {router_init!r}")
+        if expert_init not in EXPERT_INITS:
+            raise ValueError(f"expert_init must be one of {', '.join(EXPERT_INITS)}; got {expert_init!r}")
+        if capacity_rule not in CAPACITY_RULES:
+            raise ValueError(f"capacity_rule must be one of {', '.join(CAPACITY_RULES)}; got {capacity_rule!r}")
+        if capacity_rule == "vmoe" and router == "soft_moe":
+            raise ValueError(
+                "capacity_rule='vmoe' is for the sparse routers; Soft MoE's slots per expert are "
+                "round(factor T / E) (vmoe's Soft MoE sets its number of slots directly)"
+            )
+        self.capacity_rule = capacity_rule
+        self.vmoe_capacity_factor = positive_real("vmoe_capacity_factor", vmoe_capacity_factor)
         width = integer("width", width, minimum=1)
         hidden = integer("hidden", hidden, minimum=1)
         self.num_experts = integer("num_experts", num_experts, minimum=1)
@@ -353,22 +414,34 @@ class MoELayer(eqx.Module):
             self.capacity = capacity(group_size, num_experts, positive_real("factor", factor))
             self.k = 0
         else:
-            self.capacity, self.k = sparse_capacity(router, group_size, num_experts, factor)
+            self.capacity, self.k = sparse_capacity(
+                router, group_size, num_experts, factor, rule=capacity_rule, vmoe_factor=self.vmoe_capacity_factor
+            )
         self.factor = factor
         self.capacity_factor = float(factor)
         if capacity_factor is not None:
             self.capacity_factor = positive_real("capacity_factor", capacity_factor)
             self.capacity = _capacity_at(
-                self.router, self.group_size, self.num_experts, self.capacity, self.capacity_factor
+                self.router, self.group_size, self.num_experts, self.capacity, self.capacity_factor,
+                self.capacity_rule, self.vmoe_capacity_factor,
             )
         self.noise_std = 1.0 / num_experts if noise_std is None else float(noise_std)
         if self.noise_std < 0 or not math.isfinite(self.noise_std):
             raise ValueError(f"noise_std must be a finite number >= 0, got {noise_std}")
+        self.expert_choice_noise_std = 1.0 / num_experts if expert_choice_noise_std is None else expert_choice_noise_std
+        if not (math.isfinite(self.expert_choice_noise_std) and self.expert_choice_noise_std >= 0):
+            raise ValueError(
+                f"expert_choice_noise_std must be a finite number >= 0 or None (1/E), got {expert_choice_noise_std}"
+            )
+        self.expert_choice_noise_std = float(self.expert_choice_noise_std)
+        # Choice: None weighs a loss by its router's default: 0 for Sinkhorn Token Choice in vmoe's style (vmoe's
+        # KLProjectionNoisyTopExpertsPerItemRouter, kl_projection_routing.py:53-54), 0.005 otherwise.
+        default = 0.0 if (sinkhorn_style == "vmoe" and router == "sinkhorn_token_choice") else DEFAULT_AUX_WEIGHT
         for name, value in (("importance_weight", importance_weight), ("load_weight", load_weight)):
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-        self.importance_weight = float(importance_weight)
-        self.load_weight = float(load_weight)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0 or None (the router's default), got {value}")
+        self.importance_weight = default if importance_weight is None else float(importance_weight)
+        self.load_weight = default if load_weight is None else float(load_weight)
         self.sinkhorn_iters = integer("sinkhorn_iters", sinkhorn_iters, minimum=1)
         self.sparse_ot_iters = integer("sparse_ot_iters", sparse_ot_iters, minimum=1)
         self.sparse_ot_learning_rate = positive_real("sparse_ot_learning_rate", sparse_ot_learning_rate)
@@ -380,22 +453,26 @@ class MoELayer(eqx.Module):
             )
         self.combine_from = combine_from
         self.soft_moe_normalize = bool(soft_moe_normalize)
-        if sinkhorn_style not in SINKHORN_STYLES:
-            raise ValueError(f"sinkhorn_style must be one of {', '.join(SINKHORN_STYLES)}; got {sinkhorn_style!r}")
         self.sinkhorn_style = sinkhorn_style
 
         k_router, k1, k2 = jax.random.split(key, 3)
         if router == "soft_moe":
             shape = (width, num_experts, self.capacity)
-            self.router_weight = jax.random.normal(k_router, shape) / math.sqrt(width)
+            if router_init == "lecun":
+                self.router_weight = jax.nn.initializers.lecun_normal()(k_router, shape)
+            else:
+                self.router_weight = jax.random.normal(k_router, shape) / math.sqrt(width)
+        elif router_init == "lecun":
+            self.router_weight = jax.nn.initializers.lecun_normal()(k_router, (width, num_experts))
         else:
             self.router_weight = 0.02 * jax.random.normal(k_router, (width, num_experts))
         self.scale = jnp.ones(()) if self.soft_moe_normalize else None
         init = jax.nn.initializers.xavier_uniform(in_axis=-2, out_axis=-1, batch_axis=0)
+        draws = 1 if expert_init == "shared" else num_experts  # shared: one draw, repeated for every expert
         self.experts = MLPExperts(
-            init(k1, (num_experts, width, hidden)),
+            jnp.repeat(init(k1, (draws, width, hidden)), num_experts // draws, axis=0),
             jnp.zeros((num_experts, hidden)),
-            init(k2, (num_experts, hidden, width)),
+            jnp.repeat(init(k2, (draws, hidden, width)), num_experts // draws, axis=0),
             jnp.zeros((num_experts, width)),
         )
 
@@ -425,7 +502,10 @@ class MoELayer(eqx.Module):
         (4, 8)
         """
         capacity_factor = positive_real("capacity_factor", capacity_factor)
-        slots = _capacity_at(self.router, self.group_size, self.num_experts, self.capacity, capacity_factor)
+        slots = _capacity_at(
+            self.router, self.group_size, self.num_experts, self.capacity, capacity_factor,
+            self.capacity_rule, self.vmoe_capacity_factor,
+        )
         return _replace_static(self, capacity_factor=capacity_factor, capacity=slots)
 
     def __call__(
@@ -500,11 +580,14 @@ class MoELayer(eqx.Module):
         noisy_router = self.router == "softmax_token_choice" or (
             self.sinkhorn_style == "vmoe" and self.router in SINKHORN_ROUTERS
         )
-        noisy = noisy_router and not inference and self.noise_std > 0
+        std = self.expert_choice_noise_std if self.router == "softmax_expert_choice" else self.noise_std
+        noisy = (noisy_router or self.router == "softmax_expert_choice") and not inference and std > 0
         if noisy:
             if key is None:
                 raise ValueError(f"{self.router} needs a key in training (for its noise); pass key=...")
-            logits = logits + self.noise_std * jax.random.normal(key, logits.shape, dtype)
+            logits = logits + std * jax.random.normal(key, logits.shape, dtype)
+        # vmoe's Sinkhorn Token Choice: the plan from the noisy logits, the combine from the clean softmax
+        vmoe_sinkhorn_tc = self.sinkhorn_style == "vmoe" and self.router == "sinkhorn_token_choice"
         routing, plan_error = sparse_routing(
             self.router,
             logits,
@@ -514,6 +597,7 @@ class MoELayer(eqx.Module):
             sparse_ot_iters=self.sparse_ot_iters,
             sparse_ot_learning_rate=self.sparse_ot_learning_rate,
             combine_from=self.combine_from,
+            combine_logits=clean_logits if vmoe_sinkhorn_tc and noisy else None,
         )
         zero = jnp.zeros((), jnp.float32)
         importance, load = zero, zero

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -43,15 +44,55 @@ def check_router(router) -> str:
     return router
 
 
-def sparse_capacity(router: str, num_tokens: int, num_experts: int, factor) -> tuple[int, int]:
-    """Validate ``factor`` for ``router`` and return ``(C, k)``; k is 0 for Expert Choice."""
+CAPACITY_RULES = ("round", "vmoe")
+VMOE_CAPACITY_MULTIPLE = 4  # vmoe/moe.py compute_capacity(multiple_of=4), the dispatchers' default
+
+
+def vmoe_capacity(num_tokens, num_experts: int, capacity_factor: float) -> int:
+    """vmoe's capacity: ``ceil(num_tokens * capacity_factor / E)``, then rounded up to a multiple of 4.
+
+    The authors' ``vmoe.moe.compute_capacity`` with its defaults (``ceil_or_round="ceil"``, ``multiple_of=4``),
+    as its Token Choice dispatcher calls it with ``num_tokens = T * k`` and its Expert Choice dispatcher with
+    ``num_tokens = T``; the product is taken in that order, as there, so the float rounding is the same.
+
+    >>> vmoe_capacity(8 * 50 * 2, 8, 1.05)  # B/32 at 224 px, 8 images per group, k = 2: ceil(105.0) = 105 -> 108
+    108
+    """
+    result = math.ceil(num_tokens * capacity_factor / num_experts)
+    if result < 1:
+        raise ValueError(
+            f"vmoe capacity ceil({num_tokens} * {capacity_factor} / {num_experts}) = {result} is below 1"
+        )
+    return result + (-result) % VMOE_CAPACITY_MULTIPLE
+
+
+def sparse_capacity(
+    router: str, num_tokens: int, num_experts: int, factor, *, rule: str = "round", vmoe_factor: float = 1.05
+) -> tuple[int, int]:
+    """Validate ``factor`` for ``router`` and return ``(C, k)``; k is 0 for Expert Choice.
+
+    ``rule="round"``: C = round(factor T / E) (sec. 3.1). ``rule="vmoe"``: the authors' configs
+    (``vmoe_capacity``): Token Choice C = vmoe_capacity(T k, E, vmoe_factor), vmoe's
+    ``dispatcher.capacity_factor`` (1.05 in ``vmoe/configs/vmoe_paper/common.py:249``); Expert Choice
+    C = vmoe_capacity(T, E, c), where c (``factor``) is that same ``capacity_factor`` of vmoe's Expert Choice
+    dispatcher.
+    """
+    if rule not in CAPACITY_RULES:
+        raise ValueError(f"capacity_rule must be one of {', '.join(CAPACITY_RULES)}; got {rule!r}")
+    vmoe_factor = positive_real("vmoe_capacity_factor", vmoe_factor)
     if router in TOKEN_CHOICE_ROUTERS:
         k = integer("factor", factor, minimum=1, maximum=num_experts, what=" (k, experts per token, at most E)")
+        if rule == "vmoe":
+            return vmoe_capacity(num_tokens * k, num_experts, vmoe_factor), k
         return capacity(num_tokens, num_experts, k), k
     c = positive_real("factor", factor)
-    slots = capacity(num_tokens, num_experts, c)
+    slots = vmoe_capacity(num_tokens, num_experts, c) if rule == "vmoe" else capacity(num_tokens, num_experts, c)
     if slots > num_tokens:
-        raise ValueError(f"factor c = {c} gives capacity {slots} > T = {num_tokens} tokens; Expert Choice needs C <= T")
+        raise ValueError(
+            f"factor c = {c} gives capacity {slots} > T = {num_tokens} tokens"
+            + (" (capacity_rule 'vmoe' rounds C up to a multiple of 4)" if rule == "vmoe" else "")
+            + "; Expert Choice needs C <= T"
+        )
     return slots, 0
 
 
@@ -92,8 +133,12 @@ def sparse_routing(
     sparse_ot_iters: int = 20,
     sparse_ot_learning_rate: float = 1e-2,
     combine_from: str = "softmax",
+    combine_logits: jax.Array | None = None,
 ) -> tuple[Routing, jax.Array]:
     """Route one group with a sparse router, from its (possibly noisy) logits.
+
+    The combine weights are the softmax of ``logits``, or of ``combine_logits`` when given (vmoe's Sinkhorn
+    Token Choice combines with the softmax of the clean logits while its plan sees the noisy ones).
 
     Returns the compact routing and the plan's marginal error: for Sinkhorn, the largest column error
     ``max_r |sum_t Pi[t, r] - T/E|`` (its rows are exact); for sparse OT, the largest row error
@@ -106,7 +151,7 @@ def sparse_routing(
     the unrolled Sinkhorn iterations.
     """
     num_tokens, num_experts = logits.shape
-    softmax = jax.nn.softmax(logits, axis=-1)
+    softmax = jax.nn.softmax(logits if combine_logits is None else combine_logits, axis=-1)
     error = jnp.zeros((), logits.dtype)
     if router == "softmax_token_choice":
         return token_choice_routing(jax.lax.stop_gradient(softmax), slots, k, softmax), error

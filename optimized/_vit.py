@@ -1,8 +1,12 @@
 """ViT-MoE: a Vision Transformer with an MoE layer on every other block (V-MoE's Every-2, sec. 3.1).
 
-    images (B, H, W, ch) -> patches (B, N, P*P*ch) -> tokens (B, N, D) -> pairs of blocks -> pool -> head
+    images (B, H, W, ch) -> patches (B, N, P*P*ch) -> tokens (B, N, D) -> pairs of blocks -> pool
+        -> [pre-logits: Dense + tanh, if representation_size] -> head
     pair: [MLP block, MoE block]; the MoE blocks are 1, 3, 5, ... counting from 0
     MoE block: tokens (B, N, D) -> groups (G, T, D) -> MoELayer (vmapped over groups) -> (B, N, D)
+
+Other MoE placements (``config.moe_layers``, e.g. vmoe's "Last 2") run a plain sequence of blocks instead of
+the pairs (see ``ViTMoE``).
 
 Sparse routers route groups of ``group_images`` images' tokens flattened together (T = group_images * N);
 Soft MoE routes each image on its own (T = N). The pairs are identical, so they are built with
@@ -22,9 +26,9 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._checks import integer, positive_real, real_in
-from ._layer import METRIC_NAMES, MoELayer
+from ._layer import EXPERT_INITS, METRIC_NAMES, ROUTER_INITS, MoELayer
 from ._parallel import moe_over_groups
-from ._route import check_router
+from ._route import CAPACITY_RULES, check_router
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 POOLS = ("gap", "cls")
@@ -48,8 +52,8 @@ class ViTMoEConfig:
     group_images: int = 8  # sparse routers: images whose tokens form one routing group
     pool: str = "gap"
     noise_std: float | None = None  # Softmax Token Choice training noise; None means 1/E
-    importance_weight: float = 0.005
-    load_weight: float = 0.005
+    importance_weight: float | None = None  # None: the router's default, 0.005 (0 for vmoe-style Sinkhorn TC)
+    load_weight: float | None = None
     sinkhorn_iters: int = 20
     sparse_ot_iters: int = 20
     sparse_ot_learning_rate: float = 1e-2
@@ -62,6 +66,21 @@ class ViTMoEConfig:
     dtype: str = "float32"  # compute dtype of the matmuls: "float32" or "bfloat16"
     scan_layers: bool = False  # True: the pairs of blocks run as a rolled jax.lax.scan (compile time flat in depth);
     # False: the scan is unrolled (faster on CPU; see ViTMoE)
+    # The authors' choices (google-research/vmoe) as switches; each default is the paper's reading (README, "ours vs
+    # vmoe"). See MoELayer for the router ones.
+    expert_init: str = "independent"  # "shared": all experts of a layer start from one draw (vmoe's split_rngs=False)
+    router_init: str = "normal"  # N(0, 0.02^2); "lecun": lecun-normal, std 1/sqrt(D) (vmoe's nn.Dense default)
+    expert_choice_noise_std: float | None = 0.0  # Softmax Expert Choice training noise; None means 1/E (vmoe's)
+    representation_size: int | None = None  # an int: Dense(representation_size) + tanh pre-logits before the head
+    moe_layers: tuple[int, ...] | None = None  # None: Every-2 (blocks 1, 3, 5, ...); else 0-based MoE block indices
+    capacity_rule: str = "round"  # C = round(factor T / E); "vmoe": vmoe's ceil, then up to a multiple of 4
+    vmoe_capacity_factor: float = 1.05  # capacity_rule "vmoe", Token Choice: C = ceil(1.05 k T / E), up to mult. of 4
+    head_bias_init: float = 0.0  # the head's bias starts here (vmoe's head_bias_init: -10 or -log(classes))
+
+    def __post_init__(self):
+        # config.json stores a tuple as a list: back to a tuple (the config is a static, hashable field of the model)
+        if isinstance(self.moe_layers, list):
+            object.__setattr__(self, "moe_layers", tuple(self.moe_layers))
 
     def replace(self, **changes) -> ViTMoEConfig:
         return dataclasses.replace(self, **changes)
@@ -79,14 +98,42 @@ class ViTMoEConfig:
         """Tokens per routing group: one image for Soft MoE, ``group_images`` images for sparse routers."""
         return self.num_tokens if self.router == "soft_moe" else self.group_images * self.num_tokens
 
+    @property
+    def every_2(self) -> bool:
+        """True when the MoE blocks are V-MoE's Every-2, 1, 3, 5, ... (or the model is dense): the pairs layout."""
+        return self.moe_layers is None or self.moe_layers == tuple(range(1, self.depth, 2))
+
+    @property
+    def moe_block_indices(self) -> tuple[int, ...]:
+        """The 0-based indices of the blocks with an MoE layer (none for the dense baseline)."""
+        if self.dense:
+            return ()
+        return tuple(range(1, self.depth, 2)) if self.moe_layers is None else self.moe_layers
+
     def validate(self) -> None:
         check_router(self.router)
         for name in ("image_size", "patch_size", "channels", "width", "num_heads", "mlp_dim", "num_classes"):
             integer(name, getattr(self, name), minimum=1)
         integer("group_images", self.group_images, minimum=1)
-        integer("depth", self.depth, minimum=2)
-        if self.depth % 2:
-            raise ValueError(f"depth must be even (MoE on every other block, in pairs), got {self.depth}")
+        integer("depth", self.depth, minimum=1)
+        self._validate_moe_layers()
+        if self.every_2 and (self.depth < 2 or self.depth % 2):
+            raise ValueError(
+                f"depth must be even and >= 2 (MoE on every other block, in pairs), got {self.depth}; "
+                "for another placement set moe_layers"
+            )
+        for name, values in (("router_init", ROUTER_INITS), ("expert_init", EXPERT_INITS),
+                             ("capacity_rule", CAPACITY_RULES)):  # fmt: skip
+            if getattr(self, name) not in values:
+                raise ValueError(f"{name} must be one of {', '.join(values)}; got {getattr(self, name)!r}")
+        if self.capacity_rule == "vmoe" and self.router == "soft_moe" and not self.dense:
+            raise ValueError("capacity_rule='vmoe' is for the sparse routers; soft_moe sizes its slots with 'round'")
+        positive_real("vmoe_capacity_factor", self.vmoe_capacity_factor)
+        if self.expert_choice_noise_std is not None:
+            real_in("expert_choice_noise_std", self.expert_choice_noise_std, 0.0)
+        if self.representation_size is not None:
+            integer("representation_size", self.representation_size, minimum=1)
+        real_in("head_bias_init", self.head_bias_init, -math.inf)
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
         if self.width % self.num_heads:
@@ -98,9 +145,26 @@ class ViTMoEConfig:
         positive_real("factor", self.factor)
         positive_real("sparse_ot_learning_rate", self.sparse_ot_learning_rate)
         for name in ("importance_weight", "load_weight"):
-            real_in(name, getattr(self, name), 0.0)
+            if getattr(self, name) is not None:
+                real_in(name, getattr(self, name), 0.0)
         if self.noise_std is not None:
             real_in("noise_std", self.noise_std, 0.0)
+
+    def _validate_moe_layers(self) -> None:
+        layers = self.moe_layers
+        if layers is None:
+            return
+        if self.dense:
+            raise ValueError(f"moe_layers must be None for the dense baseline (dense = True), got {layers!r}")
+        if not isinstance(layers, tuple) or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
+            raise TypeError(f"moe_layers must be a tuple of block indices (int) or None, got {layers!r}")
+        if not layers:
+            raise ValueError("moe_layers must name at least one block (for no MoE layer at all use dense = True)")
+        if list(layers) != sorted(set(layers)) or layers[0] < 0 or layers[-1] >= self.depth:
+            raise ValueError(
+                f"moe_layers must be strictly increasing 0-based block indices in [0, depth - 1 = {self.depth - 1}], "
+                f"got {layers!r}"
+            )
 
 
 def _variant(width, depth, heads, mlp, patch, **extra):
@@ -228,6 +292,11 @@ class _Block(eqx.Module):
                 combine_from=config.combine_from,
                 soft_moe_normalize=config.soft_moe_normalize,
                 sinkhorn_style=config.sinkhorn_style,
+                expert_choice_noise_std=config.expert_choice_noise_std,
+                router_init=config.router_init,
+                expert_init=config.expert_init,
+                capacity_rule=config.capacity_rule,
+                vmoe_capacity_factor=config.vmoe_capacity_factor,
                 key=k_moe,
             )
         else:
@@ -307,9 +376,15 @@ class ViTMoE(eqx.Module):
     ``model(images, key=..., inference=False)`` maps a batch (B, H, W, ch) to class logits (B, classes) and
     ``aux``: ``aux["loss"]`` is the summed auxiliary loss of the MoE layers and ``aux["moe"]`` maps each
     name of ``METRIC_NAMES`` to an array with one value per MoE layer. ``model.features(images)`` is the
-    pre-head representation (after the final layer norm and pooling) used by the few-shot linear probe;
-    ``model.expert_weights(images)`` (L, B, N, E) shows what the routers did, for the plots of ``train.visualize``.
-    B must be a multiple of ``config.group_images`` for the sparse routers.
+    pre-head representation (after the final layer norm, pooling and the pre-logits layer if any) used by the
+    few-shot linear probe; ``model.expert_weights(images)`` (L, B, N, E) shows what the routers did, for the
+    plots of ``train.visualize``. B must be a multiple of ``config.group_images`` for the sparse routers.
+
+    Choice: with Every-2 (``config.moe_layers`` None, or 1, 3, 5, ... written out) the blocks are stacked pairs
+    (``pairs``, run by ``jax.lax.scan``; ``blocks`` is None), the layout tuned for speed and the one of every
+    checkpoint written before ``moe_layers`` existed. Any other placement (e.g. vmoe's "Last 2",
+    ``moe_layers=(9, 11)`` on 12 blocks) is a plain tuple of ``depth`` blocks (``blocks``; ``pairs`` is None)
+    run by a Python loop: its compile time grows with depth, and it is not the tuned path.
     """
 
     config: ViTMoEConfig = eqx.field(static=True)
@@ -317,32 +392,56 @@ class ViTMoE(eqx.Module):
     patch_b: Array
     pos_embed: Array
     cls_token: Array | None
-    pairs: _Pair  # stacked: every array has a leading axis of depth / 2
+    pairs: _Pair | None  # Every-2: stacked, every array has a leading axis of depth / 2
+    blocks: tuple[_Block, ...] | None  # any other MoE placement: the depth blocks in order
     final_ln: Array
+    pre_logits_w: Array | None  # (D, representation_size), when config.representation_size
+    pre_logits_b: Array | None
     head_w: Array
     head_b: Array
 
     def __init__(self, config: ViTMoEConfig, *, key: PRNGKeyArray):
         config.validate()
         self.config = config
-        k_patch, k_pos, k_cls, k_pairs = jax.random.split(key, 4)
+        k_patch, k_pos, k_pre_logits, k_pairs = jax.random.split(key, 4)
         patch_dim = config.patch_size**2 * config.channels
         self.patch_w = _xavier(k_patch, (patch_dim, config.width))
         self.patch_b = jnp.zeros(config.width)
         self.pos_embed = 0.02 * jax.random.normal(k_pos, (config.num_tokens, config.width))
         self.cls_token = jnp.zeros(config.width) if config.pool == "cls" else None
-        keys = jax.random.split(k_pairs, config.depth // 2)
-        self.pairs = eqx.filter_vmap(lambda k: _Pair(config, key=k))(keys)
+        if config.every_2:
+            keys = jax.random.split(k_pairs, config.depth // 2)
+            self.pairs = eqx.filter_vmap(lambda k: _Pair(config, key=k))(keys)
+            self.blocks = None
+        else:
+            keys = jax.random.split(k_pairs, config.depth)
+            moe = config.moe_block_indices
+            self.blocks = tuple(_Block(config, i in moe, key=k) for i, k in enumerate(keys))
+            self.pairs = None
         self.final_ln = jnp.stack([jnp.ones(config.width), jnp.zeros(config.width)])
-        self.head_w = jnp.zeros((config.width, config.num_classes))  # zero-initialized head, as ViT
-        self.head_b = jnp.zeros(config.num_classes)
-        del k_cls
+        features = config.width
+        if config.representation_size is None:
+            self.pre_logits_w = self.pre_logits_b = None
+        else:  # Choice: lecun-normal kernel and zero bias, as flax's nn.Dense (vmoe's and vit_jax's pre_logits)
+            features = config.representation_size
+            self.pre_logits_w = jax.nn.initializers.lecun_normal()(k_pre_logits, (config.width, features))
+            self.pre_logits_b = jnp.zeros(features)
+        self.head_w = jnp.zeros((features, config.num_classes))  # zero-initialized head, as ViT
+        self.head_b = jnp.full(config.num_classes, float(config.head_bias_init))
+
+    def _moe_blocks(self) -> list[int]:
+        """Positions in ``blocks`` of the MoE blocks (the sequence layout only)."""
+        return [i for i, block in enumerate(self.blocks) if block.moe is not None]
 
     @property
     def capacity_factor(self) -> float | None:
         """The capacity factor its MoE layers run at (``config.factor`` unless ``with_capacity`` changed it);
         None for the dense baseline."""
-        return None if self.config.dense else self.pairs.second.moe.capacity_factor
+        if self.config.dense:
+            return None
+        if self.pairs is not None:
+            return self.pairs.second.moe.capacity_factor
+        return self.blocks[self._moe_blocks()[0]].moe.capacity_factor
 
     def with_capacity(self, capacity_factor: float) -> ViTMoE:
         """This model with every MoE layer at ``C = capacity(T, E, capacity_factor)``; the same arrays, not copies.
@@ -361,8 +460,12 @@ class ViTMoE(eqx.Module):
             raise ValueError(
                 f"with_capacity({capacity_factor!r}): a dense model (config.dense = True) has no MoE layers"
             )
-        moe = self.pairs.second.moe.with_capacity(capacity_factor)
-        return eqx.tree_at(lambda model: model.pairs.second.moe, self, moe)
+        if self.pairs is not None:
+            moe = self.pairs.second.moe.with_capacity(capacity_factor)
+            return eqx.tree_at(lambda model: model.pairs.second.moe, self, moe)
+        where = self._moe_blocks()
+        layers = [self.blocks[i].moe.with_capacity(capacity_factor) for i in where]
+        return eqx.tree_at(lambda model: [model.blocks[i].moe for i in where], self, layers)
 
     def _tokens(self, images):
         cfg = self.config
@@ -397,13 +500,31 @@ class ViTMoE(eqx.Module):
         unroll = 1 if self.config.scan_layers else self.config.depth // 2
         return jax.lax.scan(body, self._tokens(images), (params, keys), unroll=unroll)
 
+    def _sequence(self, images, key, step):
+        """The sequence layout's ``_scan``: ``step(block, x, key) -> (x, output)`` over ``blocks`` in a Python loop,
+        one key per block; the outputs of the MoE blocks stacked (None when there are none)."""
+        keys = jax.random.split(jax.random.key(0) if key is None else key, self.config.depth)
+        x, outputs = self._tokens(images), []
+        for block, block_key in zip(self.blocks, keys, strict=True):
+            x, output = step(block, x, block_key)
+            if block.moe is not None:
+                outputs.append(output)
+        return x, (jax.tree.map(lambda *a: jnp.stack(a), *outputs) if outputs else None)
+
     def features(
         self, images: Float[Array, "B H W ch"], *, key: PRNGKeyArray | None = None, inference: bool = True
-    ) -> tuple[Float[Array, "B D"], dict]:
-        """Pre-head representation (B, D) and the auxiliary outputs."""
-        x, metrics = self._scan(images, key, lambda pair, x, k: pair(x, k, inference))
+    ) -> tuple[Float[Array, "B F"], dict]:
+        """Pre-head representation (B, F) and the auxiliary outputs: F = D, or ``representation_size`` when the
+        model has a pre-logits layer (then this is its output, ``tanh(pooled @ W + b)``, as vmoe's few-shot
+        features)."""
+        if self.pairs is not None:
+            x, metrics = self._scan(images, key, lambda pair, x, k: pair(x, k, inference))
+        else:
+            x, metrics = self._sequence(images, key, lambda block, x, k: block(x, k, inference))
         x = _layer_norm(x, *self.final_ln)
         pooled = x[:, 0] if self.config.pool == "cls" else x.mean(axis=1)
+        if self.pre_logits_w is not None:
+            pooled = jnp.tanh(pooled @ self.pre_logits_w + self.pre_logits_b)
         if metrics is None:  # the dense baseline
             metrics = {name: jnp.zeros((0,)) for name in (*METRIC_NAMES, "loss")}
             metrics["expert_load"] = jnp.zeros((0, self.config.num_experts))
@@ -413,7 +534,7 @@ class ViTMoE(eqx.Module):
     def expert_weights(
         self, images: Float[Array, "B H W ch"], *, key: PRNGKeyArray | None = None, inference: bool = True
     ) -> Float[Array, "L B N E"]:
-        """For each of the L = depth / 2 MoE layers, the weight with which each expert's output reaches each patch.
+        """For each of the L MoE layers, the weight with which each expert's output reaches each patch.
 
         The forward pass of ``features`` (same groups, same keys), returning at every MoE block the
         ``MoELayer.token_expert_weights`` of the tokens entering it, reshaped to (B, N, E): for sparse routers
@@ -431,14 +552,24 @@ class ViTMoE(eqx.Module):
             weights = pair.second.token_expert_weights(x, k, inference)
             return pair.second(x, k, inference)[0], weights
 
-        _, weights = self._scan(images, key, step)
+        def block_step(block, x, k):
+            weights = block.token_expert_weights(x, k, inference) if block.moe is not None else None
+            return block(x, k, inference)[0], weights
+
+        if self.pairs is not None:
+            _, weights = self._scan(images, key, step)
+        else:
+            _, weights = self._sequence(images, key, block_step)
         return weights[:, :, 1:] if self.config.pool == "cls" else weights
 
     def __call__(
         self, images: Float[Array, "B H W ch"], *, key: PRNGKeyArray | None = None, inference: bool = False
     ) -> tuple[Float[Array, "B classes"], dict]:
-        noisy = self.config.router == "softmax_token_choice" or (
-            self.config.sinkhorn_style == "vmoe" and "sinkhorn" in self.config.router
+        cfg = self.config
+        noisy = (
+            cfg.router == "softmax_token_choice"
+            or (cfg.sinkhorn_style == "vmoe" and "sinkhorn" in cfg.router)
+            or (cfg.router == "softmax_expert_choice" and cfg.expert_choice_noise_std != 0)
         )
         if not inference and key is None and noisy and not self.config.dense:
             raise ValueError(f"training {self.config.router} needs a key for its noise: pass key=...")

@@ -155,6 +155,14 @@ def _parse(key: str, text: str, annotation, current):
     if type(None) in hints and text.lower() in ("none", "null"):
         return None
     kind = kinds[0] if not isinstance(kinds[0], str) else type(current)
+    if typing.get_origin(kind) is tuple:  # e.g. model.moe_layers=9,11: comma-separated integers
+        items = [item.strip() for item in text.split(",")]
+        if not all(item.lstrip("+-").isdigit() for item in items):
+            raise ValueError(
+                f"--set {key}={text}: expected comma-separated integers (e.g. {key}=9,11)"
+                + (" or none" if type(None) in hints else "")
+            )
+        return tuple(int(item) for item in items)
     try:
         if kind is bool:
             if text.lower() not in ("true", "false", "1", "0", "yes", "no"):

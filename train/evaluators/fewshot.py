@@ -14,7 +14,8 @@ from .ridge_probe import fewshot_accuracy
 
 @eqx.filter_jit
 def features(model, images):
-    """The pre-head features the probe reads, (B, D), at inference."""
+    """The pre-head features the probe reads at inference, (B, F): ``model.features``, the pre-logits (F =
+    ``representation_size``) when the model has a pre-logits layer, as vmoe's few-shot probe, else (B, D)."""
     return model.features(images, inference=True)[0]
 
 
