@@ -257,8 +257,13 @@ def _l2_normalize(x, axis):
 
 
 def _capacity_at(
-    router: str, group_size: int, num_experts: int, built: int, capacity_factor: float,
-    rule: str = "round", vmoe_factor: float = 1.05,
+    router: str,
+    group_size: int,
+    num_experts: int,
+    built: int,
+    capacity_factor: float,
+    rule: str = "round",
+    vmoe_factor: float = 1.05,
 ) -> int:
     """C = capacity(T, E, capacity_factor) for ``router``; ``built`` is the layer's C (Soft MoE: its S slots).
 
@@ -422,8 +427,13 @@ class MoELayer(eqx.Module):
         if capacity_factor is not None:
             self.capacity_factor = positive_real("capacity_factor", capacity_factor)
             self.capacity = _capacity_at(
-                self.router, self.group_size, self.num_experts, self.capacity, self.capacity_factor,
-                self.capacity_rule, self.vmoe_capacity_factor,
+                self.router,
+                self.group_size,
+                self.num_experts,
+                self.capacity,
+                self.capacity_factor,
+                self.capacity_rule,
+                self.vmoe_capacity_factor,
             )
         self.noise_std = 1.0 / num_experts if noise_std is None else float(noise_std)
         if self.noise_std < 0 or not math.isfinite(self.noise_std):
@@ -503,8 +513,13 @@ class MoELayer(eqx.Module):
         """
         capacity_factor = positive_real("capacity_factor", capacity_factor)
         slots = _capacity_at(
-            self.router, self.group_size, self.num_experts, self.capacity, capacity_factor,
-            self.capacity_rule, self.vmoe_capacity_factor,
+            self.router,
+            self.group_size,
+            self.num_experts,
+            self.capacity,
+            capacity_factor,
+            self.capacity_rule,
+            self.vmoe_capacity_factor,
         )
         return _replace_static(self, capacity_factor=capacity_factor, capacity=slots)
 

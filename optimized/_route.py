@@ -60,9 +60,7 @@ def vmoe_capacity(num_tokens, num_experts: int, capacity_factor: float) -> int:
     """
     result = math.ceil(num_tokens * capacity_factor / num_experts)
     if result < 1:
-        raise ValueError(
-            f"vmoe capacity ceil({num_tokens} * {capacity_factor} / {num_experts}) = {result} is below 1"
-        )
+        raise ValueError(f"vmoe capacity ceil({num_tokens} * {capacity_factor} / {num_experts}) = {result} is below 1")
     return result + (-result) % VMOE_CAPACITY_MULTIPLE
 
 

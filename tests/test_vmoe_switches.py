@@ -276,3 +276,23 @@ def test_sinkhorn_expert_choice_vmoe_style_combines_with_the_noisy_softmax():
     used = np.asarray(weights) > 0
     np.testing.assert_allclose(weights[used], noisy[used], atol=1e-6)
     assert float(layer(x, key=key)[1]["loss"]) == 0.0
+
+
+# ------------------------------------------------------------------------------------------------------ presets
+
+
+def test_authors_presets_are_vmoes_models():
+    b16, b32 = resolve("vmoe-b16-authors").model, resolve("vmoe-b32-authors").model
+    for model in (b16, b32):
+        assert (model.pool, model.router, model.factor, model.group_images) == ("cls", "softmax_token_choice", 2, 8)
+        assert (model.expert_init, model.router_init, model.capacity_rule) == ("shared", "lecun", "vmoe")
+        assert (model.noise_std, model.vmoe_capacity_factor) == (None, 1.05)
+        assert model.moe_block_indices == (1, 3, 5, 7, 9, 11)
+    assert (b16.num_experts, b16.num_classes, b16.representation_size, b16.head_bias_init) == (8, 21843, None, -10.0)
+    assert (b32.num_experts, b32.representation_size) == (32, 768)
+    # vmoe's B/32 with a 1000-class head and a class token has 966,744,040 parameters (issue 25); the pre-logits
+    # Dense(768) adds 768 * 768 + 768 = 590,592
+    shapes = jax.eval_shape(lambda: ViTMoE(b32, key=jax.random.key(0)))
+    assert sum(leaf.size for leaf in jax.tree.leaves(shapes)) == 966_744_040 + 590_592
+    # T = 8 * (7 * 7 + 1) = 400 tokens, E = 32, k = 2: ceil(800 * 1.05 / 32) = 27 -> 28
+    assert shapes.pairs.second.moe.capacity == 28

@@ -7,6 +7,8 @@ same from Python. Imports ``train.config``.
 
 from __future__ import annotations
 
+import math
+
 from optimized import ROUTERS, VARIANTS, ViTMoEConfig
 
 from .config import Config, DataConfig, override
@@ -132,6 +134,63 @@ def vmoe_l16() -> Config:
     return _paper("L/16")
 
 
+# The authors' V-MoE (google-research/vmoe; the checkout read for this, issue 25 names commit 942a78b). File:line
+# references below are to vmoe/configs/vmoe_paper/ there: pretrain_imagenet21k.py (P) and common.py (C).
+def _authors(variant: str, num_experts: int, k: int, num_classes: int, **extra) -> Config:
+    """vmoe's V-MoE model from its config, every value read from vmoe's code (each noted where it is set):
+
+    - ViT sizes: B = width 768, 12 blocks, 12 heads, MLP 3072 (P:133, 138-140; C:214, 219-221), the patch size
+      from the description ("ViT-B/16"), 224 px images (P:109; C via its callers' image_size=224);
+    - ``pool="cls"``: a class token (``classifier = 'token'``, P:134, C:215);
+    - MoE on blocks 1, 3, ..., 11 (``Every 2``: ``range(1, 12, 2)``, P:146-148, C:227-229), our default Every-2;
+    - Softmax Token Choice, k from the description (``num_selected_experts``, P:159, C:240), batch priority off
+      (P:171, C:254; ours is choice-major, token order, the same);
+    - training noise std 1/E (``noise_std = 1.0``, "Actually, it's 1.0 / num_experts", P:160, C:241):
+      ``noise_std=None``;
+    - importance and load loss weights 0.005 each (P:161-162, C:242-243);
+    - 8 images per routing group (``group_size = 8 * num_patches``, with the class token, P:126-127, C:207-208);
+    - capacity ``ceil(1.05 k T / E)`` up to a multiple of 4 (``capacity_factor = 1.05``, P:166, C:249, and
+      ``vmoe/moe.py compute_capacity``'s defaults ``ceil``, ``multiple_of=4``): ``capacity_rule="vmoe"``;
+    - all experts of a layer from one draw (``split_rngs = False``, P:156, C:237): ``expert_init="shared"``;
+    - router kernel lecun-normal (``nn.Dense``'s default, ``vmoe/nn/routing.py:73``): ``router_init="lecun"``;
+    - should the router be switched to Softmax Expert Choice (``--router softmax_expert_choice``): vmoe's
+      Expert Choice noise, 1/E (``vmoe/nn/routing.py:200, 224``): ``expert_choice_noise_std=None``.
+    Not reproduced (training recipe, not the model): vmoe's sigmoid cross-entropy (P:68), mixup, RandAugment,
+    Adam's linear-decay schedule (P:195-205) and weight decay on kernels only, bfloat16 dispatch (P:165).
+    """
+    model = ViTMoEConfig(
+        **VARIANTS[variant], image_size=224, channels=3, num_classes=num_classes, router="softmax_token_choice",
+        num_experts=num_experts, factor=k, group_images=8, pool="cls", noise_std=None, importance_weight=0.005,
+        load_weight=0.005, capacity_rule="vmoe", vmoe_capacity_factor=1.05, expert_init="shared",
+        router_init="lecun", expert_choice_noise_std=None, **extra,
+    )  # fmt: skip
+    return _paper(variant).replace(model=model)
+
+
+def vmoe_b16_authors() -> Config:
+    """vmoe's released V-MoE B/16 pre-training on ImageNet-21k, ``'ViT-B/16, E=8, K=2, Every 2, 300 Epochs'``
+    (P:70): E = 8, k = 2, 21,843 classes (P:36), no pre-logits (``representation_size = None``, P:135), head
+    bias starting at -10 (``head_bias_init``, P:136); the rest as ``_authors``. The architecture of vmoe's
+    released ``vmoe_b16_imagenet21k_randaug_strong`` checkpoint (whose ImageNet fine-tune runs at 384 px and
+    ``capacity_factor = 1.5``, ``vmoe_b16_imagenet21k_randaug_strong_ft_ilsvrc2012.py:146``).
+
+    ``python -m train --preset vmoe-b16-authors --set data.path=SHARDS`` (accelerators; SHARDS of 21,843 classes,
+    or ``--set model.num_classes=N`` for your data).
+    """
+    return _authors("B/16", 8, 2, 21_843, representation_size=None, head_bias_init=-10.0)
+
+
+def vmoe_b32_authors() -> Config:
+    """The paper's V-MoE B/32 (E = 32, k = 2, Every-2) as vmoe's generic config builds it, ``get_vmoe_config``
+    (C:187-255): a pre-logits layer of the model's width (``representation_size = hidden_size``, C:216), the head
+    bias starting at -log(classes) (C:217); the rest as ``_authors``. 1000 classes (the data standing in for JFT,
+    as ``vmoe-b32``).
+
+    ``python -m train --preset vmoe-b32-authors --set data.path=SHARDS`` (accelerators).
+    """
+    return _authors("B/32", 32, 2, 1000, representation_size=768, head_bias_init=-math.log(1000))
+
+
 def tiny() -> Config:
     """A seconds-long smoke configuration used by the tests: ``python -m train --preset tiny``."""
     model = ViTMoEConfig(**VARIANTS["micro"], image_size=8, channels=1, num_classes=10, group_images=2)
@@ -150,6 +209,8 @@ PRESETS = {
     "vmoe-b32": vmoe_b32,
     "vmoe-b16": vmoe_b16,
     "vmoe-l16": vmoe_l16,
+    "vmoe-b16-authors": vmoe_b16_authors,
+    "vmoe-b32-authors": vmoe_b32_authors,
     "tiny": tiny,
 }
 
