@@ -11,6 +11,7 @@ The house, top to bottom; a module imports only modules below it, never one abov
     __main__, evaluate, predict, visualize, prepare, convert_checkpoints
                       the command lines; they use what is below, and only ``__main__`` (and the study) the trainer
     trainer           train_and_evaluate and its step: the one place the pieces below meet
+    finetune          --init-from: a new run's model from a trained workdir's weights (new head, resized posemb)
     trained           load_model / load_trained: a trained model from its workdir
     summary, plots, routing_plots
                       a run's summary, its curves, what its routers do

@@ -66,6 +66,12 @@ def main(argv=None) -> int:
         metavar="KEY=VALUE",
         help="override any config field, e.g. --set model.num_experts=16 --set learning_rate=3e-4",
     )
+    parser.add_argument(
+        "--init-from",
+        metavar="DIR",
+        help="fine-tune: start from the weights of this trained workdir (a new head if the classes differ, the "
+        "position embedding resized if the image size does; fresh optimizer, step 0)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (the summary is still printed)")
     add_distributed_arguments(parser)
     args = parser.parse_args(argv)
@@ -74,6 +80,8 @@ def main(argv=None) -> int:
             args.preset, router=args.router, factor=args.factor, seed=args.seed, steps=args.steps,
             batch_size=args.batch_size, overrides=tuple(args.set),
         )  # fmt: skip
+        if args.init_from is not None:
+            config = config.replace(init_from=args.init_from)
     except ValueError as err:
         parser.error(str(err))
     workdir = args.workdir or (f"workdirs/{args.preset}-{config.model.router}-{config.model.factor}-s{config.seed}")

@@ -69,6 +69,8 @@ class Config:
     accumulate_steps: int = 1
     keep_checkpoints: int = 2  # the newest checkpoints kept on disk
     keep_checkpoints_every: int = 0  # also keep every step that is a multiple of this (0: none)
+    # Fine-tuning: a trained workdir whose last checkpoint's weights the run starts from (train.finetune); "": none
+    init_from: str = ""
 
     def replace(self, **changes) -> Config:
         return dataclasses.replace(self, **changes)
@@ -110,6 +112,8 @@ class Config:
             raise ValueError(f"steps must be < 2**31 = {2**31}, got {self.steps}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not isinstance(self.init_from, str):
+            raise TypeError(f"init_from must be a path (str), got {self.init_from!r}")
         if self.keep_checkpoints_every < 0:
             raise ValueError(f"keep_checkpoints_every must be >= 0 (0: none), got {self.keep_checkpoints_every}")
         # Every real number is finite and in its range here, before any data is read: a NaN learning rate would

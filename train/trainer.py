@@ -31,6 +31,7 @@ from . import workdir as files
 from .config import Config
 from .data import TrainLoader
 from .evaluators import check_probe_pool, evaluate_accuracy, fewshot
+from .finetune import check_source, initialize_from
 from .input_pipeline import as_splits, load_data
 from .plots import plot_run
 from .preemption import Preempted, SignalGuard
@@ -146,6 +147,8 @@ def _lock(lock: files.WorkdirLock) -> None:
 def _train_and_evaluate(config: Config, workdir: Path, mesh, lock, stop_after, progress, dataset) -> dict:
     files.check_or_write_config(config, workdir, write=False)  # another run's workdir is refused before data is read
     meta = checkpoint.latest(workdir)
+    if config.init_from and meta is None:  # a source the model cannot start from is refused before data is read
+        check_source(config)
     if meta is not None:  # the config saved with the checkpoints: the run's even when config.json is gone
         _check_checkpoint_config(config, workdir, meta)
     splits = as_splits(load_data(config) if dataset is None else dataset)  # bad data: refused before any write
@@ -159,6 +162,8 @@ def _train_and_evaluate(config: Config, workdir: Path, mesh, lock, stop_after, p
         model, opt_state, optimizer, schedule = init_state(config, init_key)
     except TypeError as err:  # optimized's checks raise TypeError for a value of the wrong kind
         raise ValueError(f"model config refused: {err}") from err
+    if config.init_from and meta is None:  # fine-tuning: the source's weights; the optimizer state stays fresh
+        model = initialize_from(model, config)
     data_sharding = batch_sharding(mesh)
     check_process_rows(data_sharding, config.batch_size)
     try:
