@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._checks import integer, positive_real, real_in
-from ._layer import EXPERT_INITS, METRIC_NAMES, ROUTER_INITS, MoELayer
+from ._layer import DEFAULT_AUX_WEIGHT, EXPERT_INITS, METRIC_NAMES, ROUTER_INITS, MoELayer
 from ._parallel import moe_over_groups
 from ._route import CAPACITY_RULES, check_router
 
@@ -97,6 +97,13 @@ class ViTMoEConfig:
     def group_size(self) -> int:
         """Tokens per routing group: one image for Soft MoE, ``group_images`` images for sparse routers."""
         return self.num_tokens if self.router == "soft_moe" else self.group_images * self.num_tokens
+
+    def loss_weights(self) -> tuple[float, float]:
+        """The importance and load loss weights the MoE layers use: ``importance_weight`` and ``load_weight``, a
+        None read as the router's default (``MoELayer``: 0 for Sinkhorn Token Choice in vmoe's style, else 0.005)."""
+        vmoe_sinkhorn_tc = self.sinkhorn_style == "vmoe" and self.router == "sinkhorn_token_choice"
+        default = 0.0 if vmoe_sinkhorn_tc else DEFAULT_AUX_WEIGHT
+        return tuple(default if w is None else float(w) for w in (self.importance_weight, self.load_weight))
 
     @property
     def every_2(self) -> bool:

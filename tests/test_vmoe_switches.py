@@ -296,3 +296,22 @@ def test_authors_presets_are_vmoes_models():
     assert sum(leaf.size for leaf in jax.tree.leaves(shapes)) == 966_744_040 + 590_592
     # T = 8 * (7 * 7 + 1) = 400 tokens, E = 32, k = 2: ceil(800 * 1.05 / 32) = 27 -> 28
     assert shapes.pairs.second.moe.capacity == 28
+
+
+def test_a_run_saved_before_the_switches_resumes_with_the_same_command():
+    """config.json written before issue 25: no new fields, loss weights 0.005 (now None, the router's default)."""
+    import json
+
+    from train.workdir import ConfigMismatchError, check_config
+
+    config = resolve("digits")
+    saved = json.loads(config.to_json())
+    saved.pop("init_from")
+    for name in ("expert_init", "router_init", "expert_choice_noise_std", "representation_size", "moe_layers",
+                 "capacity_rule", "vmoe_capacity_factor", "head_bias_init"):  # fmt: skip
+        saved["model"].pop(name)
+    saved["model"]["importance_weight"] = saved["model"]["load_weight"] = 0.005
+    check_config(config, saved, "old workdir")  # accepted: None is 0.005 for this router
+    saved["model"]["load_weight"] = 0.01
+    with pytest.raises(ConfigMismatchError, match=r"model\.load_weight: 0\.01 -> 0\.005"):
+        check_config(config, saved, "old workdir")

@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from optimized import ViTMoEConfig
+
 from .config import Config
 
 CONFIG = "config.json"
@@ -49,6 +51,12 @@ def _comparable(saved: dict) -> dict:
         saved = json.loads(Config.from_dict(saved).to_json())
     except (KeyError, TypeError, AttributeError, ValueError):
         pass  # not a config of a known shape: the comparison reports the differences
+    model = saved.get("model") if isinstance(saved, dict) else None
+    if isinstance(model, dict):  # a loss weight of None means its router's default: compared as that number (the
+        try:  # configs written before None existed hold 0.005)
+            model["importance_weight"], model["load_weight"] = ViTMoEConfig(**model).loss_weights()
+        except (TypeError, ValueError):
+            pass
     for name in RESUMABLE_CHANGES:
         *section, field = name.split(".")
         owner = saved.get(section[0], {}) if section else saved
