@@ -434,7 +434,7 @@ class ViTMoE(eqx.Module):
             self.pre_logits_w = jax.nn.initializers.lecun_normal()(k_pre_logits, (config.width, features))
             self.pre_logits_b = jnp.zeros(features)
         self.head_w = jnp.zeros((features, config.num_classes))  # zero-initialized head, as ViT
-        self.head_b = jnp.full(config.num_classes, float(config.head_bias_init))
+        self.head_b = jnp.full(config.num_classes, config.head_bias_init, jnp.float32)  # not weakly typed
 
     def _moe_blocks(self) -> list[int]:
         """Positions in ``blocks`` of the MoE blocks (the sequence layout only)."""
