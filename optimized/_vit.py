@@ -129,6 +129,11 @@ class ViTMoEConfig:
                 f"depth must be even and >= 2 (MoE on every other block, in pairs), got {self.depth}; "
                 "for another placement set moe_layers"
             )
+        if self.scan_layers and not self.every_2:
+            raise ValueError(
+                f"scan_layers = True scans the stacked pairs of Every-2; moe_layers = {self.moe_layers!r} runs the "
+                "blocks as a sequence: set scan_layers = False"
+            )
         for name, values in (("router_init", ROUTER_INITS), ("expert_init", EXPERT_INITS),
                              ("capacity_rule", CAPACITY_RULES)):  # fmt: skip
             if getattr(self, name) not in values:

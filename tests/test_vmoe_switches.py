@@ -177,6 +177,11 @@ def test_moe_layers_bad_values(layers, error, message):
         MICRO.replace(depth=4, moe_layers=layers).validate()
 
 
+def test_moe_layers_outside_every_2_refuse_the_rolled_scan():
+    with pytest.raises(ValueError, match="scan_layers = True scans the stacked pairs of Every-2"):
+        MICRO.replace(depth=4, moe_layers=(3,), scan_layers=True).validate()
+
+
 def test_moe_layers_from_the_command_line():
     config = resolve("tiny")
     assert override(config, "model.moe_layers=1").model.moe_layers == (1,)
