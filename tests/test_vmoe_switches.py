@@ -320,3 +320,18 @@ def test_a_run_saved_before_the_switches_resumes_with_the_same_command():
     saved["model"]["load_weight"] = 0.01
     with pytest.raises(ConfigMismatchError, match=r"model\.load_weight: 0\.01 -> 0\.005"):
         check_config(config, saved, "old workdir")
+
+
+def test_the_summary_names_the_moe_blocks_of_moe_layers(tmp_path):
+    import json
+
+    from train.summary import summarize
+
+    record = {"step": 1, "loss": 1.0, "moe/dropped_fraction": [0.1, 0.2], "moe/experts_per_token_mean": [1.0, 1.0],
+              "moe/load_cv": [0.0, 0.0], "moe/expert_load": [[1.0] * 4, [1.0] * 4]}  # fmt: skip
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    probe = {"accuracy": 0.5}
+    last2 = resolve("tiny", overrides=("model.depth=6", "model.moe_layers=3,5"))
+    assert [layer["block"] for layer in summarize(last2, tmp_path, 0.5, probe, 1.0)["moe_layers"]] == [3, 5]
+    every2 = resolve("tiny", overrides=("model.depth=4",))
+    assert [layer["block"] for layer in summarize(every2, tmp_path, 0.5, probe, 1.0)["moe_layers"]] == [1, 3]

@@ -13,12 +13,16 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .workdir import plots_dir, read_metrics
+from .workdir import plots_dir, read_metrics, saved_config
 
 
 def plot_run(workdir) -> list[Path]:
     """Write ``plots/curves.png`` of the run in ``workdir``; returns its path in a list."""
     records = read_metrics(workdir)
+    try:  # the MoE layers' block indices (Every-2 unless model.moe_layers says otherwise)
+        blocks = saved_config(workdir).model.moe_block_indices
+    except FileNotFoundError:
+        blocks = ()
     out = plots_dir(workdir)
     out.mkdir(exist_ok=True)
     train = [r for r in records if "loss" in r]
@@ -39,7 +43,8 @@ def plot_run(workdir) -> list[Path]:
     if moe:
         dropped = np.array([r["moe/dropped_fraction"] for r in moe])  # (records, layers)
         for i in range(dropped.shape[1]):
-            axes[2].plot([r["step"] for r in moe], dropped[:, i], label=f"block {2 * i + 1}")
+            block = blocks[i] if i < len(blocks) else 2 * i + 1
+            axes[2].plot([r["step"] for r in moe], dropped[:, i], label=f"block {block}")
         axes[2].set_xlabel("step")
         axes[2].set_ylabel("tokens processed by no expert")
         axes[2].legend()

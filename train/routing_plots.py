@@ -135,8 +135,10 @@ def plot_expert_usage(
     title: str,
     class_names,
     value_label: str = USAGE_LABELS[False],
+    blocks: tuple[int, ...] | None = None,
 ) -> Path:
-    """One heatmap per MoE layer (block 1, 3, 5, ...): classes (rows) x experts (columns), one colour scale.
+    """One heatmap per MoE layer (block 1, 3, 5, ..., or ``blocks``): classes (rows) x experts (columns), one colour
+    scale.
 
     ``usage`` is (L, classes, E) from ``expert_usage``; with many classes or experts every k-th tick is labelled.
     """
@@ -155,7 +157,7 @@ def plot_expert_usage(
     image = None
     for i, ax in enumerate(axes[0]):
         image = ax.imshow(usage[i], aspect="auto", vmin=0, vmax=vmax, cmap="viridis", interpolation="nearest")
-        ax.set_title(f"MoE layer {i + 1} (block {2 * i + 1})", fontsize=9)
+        ax.set_title(f"MoE layer {i + 1} (block {2 * i + 1 if blocks is None else blocks[i]})", fontsize=9)
         ax.set_xlabel("expert")
         step = _tick_step(num_experts, 16)
         ax.set_xticks(range(0, num_experts, step), [str(e) for e in range(0, num_experts, step)], fontsize=7)
@@ -190,6 +192,7 @@ def plot_routing_maps(
     patch_size: int,
     mark_counts: bool = True,
     labels: list[str] | None = None,
+    blocks: tuple[int, ...] | None = None,
 ) -> Path:
     """A grid: one row per image; the image, then per MoE layer the image with each patch in its main expert's colour.
 
@@ -254,7 +257,8 @@ def plot_routing_maps(
         ax.set_yticks([])
     axes[0, 0].set_title("image", fontsize=9)
     for layer in range(layers):
-        axes[0, layer + 1].set_title(f"MoE layer {layer + 1}\n(block {2 * layer + 1})", fontsize=9)
+        block = 2 * layer + 1 if blocks is None else blocks[layer]
+        axes[0, layer + 1].set_title(f"MoE layer {layer + 1}\n(block {block})", fontsize=9)
     handles = [Patch(facecolor=colors[e], label=f"expert {e}") for e in range(num_experts)]
     if np.any(np.all(weights <= 0, axis=-1)):
         handles.append(Patch(facecolor="white", edgecolor="black", hatch="xx", label="dropped (no expert)"))
@@ -300,11 +304,13 @@ def draw_routing(model: ViTMoE, config: Config, dataset, out, *, step: int, shar
     written = [
         plot_expert_usage(
             usage, out / "expert_usage.png", class_names=dataset.class_names, value_label=USAGE_LABELS[soft],
+            blocks=m.moe_block_indices,
             title=f"{name}\nexpert usage per class on the {len(test_labels)} test images",
         ),
         plot_routing_maps(
             test_images[picked], weights[picked], out / "routing_maps.png", patch_size=m.patch_size,
             mark_counts=not soft, labels=[f"class {dataset.class_names[c]}" for c in test_labels[picked]],
+            blocks=m.moe_block_indices,
             title=f"{name}\ncolour: the patch's expert of largest weight"
             + ("" if soft else "\nnumber: how many experts process the patch"),
         ),

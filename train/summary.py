@@ -6,6 +6,12 @@ from .config import Config
 from .workdir import read_metrics
 
 
+def _block(config: Config, layer: int) -> int:
+    """The 0-based block index of MoE layer ``layer`` (Every-2: 1, 3, 5, ...; else ``model.moe_layers``)."""
+    blocks = config.model.moe_block_indices
+    return blocks[layer] if layer < len(blocks) else 2 * layer + 1
+
+
 def summarize(config: Config, workdir, test_accuracy: float, probe: dict, images_per_second) -> dict:
     """The summary of the run in ``workdir``: its results, and per MoE layer the routing figures of the last
     logged step."""
@@ -16,7 +22,7 @@ def summarize(config: Config, workdir, test_accuracy: float, probe: dict, images
     for i in range(num_moe):
         layers.append(
             {
-                "block": 2 * i + 1,
+                "block": _block(config, i),
                 "dropped_fraction": last["moe/dropped_fraction"][i],
                 "experts_per_token_mean": last["moe/experts_per_token_mean"][i],
                 "load_cv": last["moe/load_cv"][i],
