@@ -292,15 +292,20 @@ def test_pilot_gates_the_study(tmp_path, monkeypatch):
     assert pilot["status"] == "rejected" and [r["regime"] for r in pilot["regimes"]] == ["tiny-a", "tiny-b"]
     report = (tmp_path / "pilot.md").read_text()
     assert "no regime passed" in report and report.count("| rejected |") == 4  # 2 regimes x 2 seeds
-    with pytest.raises(ValueError, match="accepted no regime"):
+    with pytest.raises(ValueError, match="rejected every candidate"):
         study.pilot_study_spec(tmp_path)
-    # The controls' figures are within-seed differences of the runs' accuracies, in points.
-    for seed, d in pilot["regimes"][1]["controls"].items():
-        acc = pilot["regimes"][1]["accuracy"][seed]
-        assert d["learned-agnostic"] == pytest.approx(100 * (acc["softmax_token_choice-c0.5"] - acc["agnostic-c0.5"]))
+    # A regime is rejected as soon as a control is below the margin: after the learned router and the dense ViT
+    # of seed 100, the rest are not trained.
+    assert sorted(p.name for p in (tmp_path / "pilot" / "tiny-b").iterdir()) == ["dense-s100",
+                                                                                  "softmax_token_choice-c0.5-s100"]
     # A margin every run meets accepts the first regime (its runs reused), declares the MDD, and gates the study.
     result = study.run_pilot(spec, tmp_path, regimes=("tiny-a", "tiny-b"), steps=5, margin=-1000, progress=False)
     assert result["regime"] == "tiny-a" and len(result["regimes"]) == 1
+    # The controls' figures are within-seed differences of the runs' accuracies, in points.
+    for seed, d in result["regimes"][0]["controls"].items():
+        acc = result["regimes"][0]["accuracy"][seed]
+        assert d["learned-agnostic"] == pytest.approx(100 * (acc["softmax_token_choice-c1"] - acc["agnostic-c1"]))
+        assert d["moe-dense"] == pytest.approx(100 * (acc["softmax_token_choice-c1"] - acc["dense"]))
     d = result["declared"]
     assert d["mdd_points"] == pytest.approx(study.minimum_detectable_difference(d["sd_points"], 10, 2))
     assert study.pilot_study_spec(tmp_path).regime == "tiny-a"

@@ -63,7 +63,11 @@ def train_run(config: Config, workdir: Path, *, data: StudyData, progress: bool)
 
 # Choice: a worker is single-threaded (XLA's CPU backend without its Eigen thread pool, one intra-op thread) and
 # pinned to one core, so that two workers on two cores do not contend; ``python -m train.study --workers 1``
-# trains in this process with XLA's default threading instead.
+# trains in this process with XLA's default threading instead. Measured 2026-12-04 on the 2 shared cores under a
+# load average of 7-9 (not idle): two 200-step runs of the routing-c1 Token Choice config trained at 1410 and
+# 2301 images/s one after the other in one process (0.62 cores used), and at 1180 + 1023 = 2203 images/s
+# together in two workers (0.75 cores used): about 1.2x the steps per second, but 97 s of wall time against 81 s,
+# since each worker imports and generates the dataset itself. Not settled: re-measure on idle cores.
 WORKER_ENV = {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
               "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # fmt: skip
 

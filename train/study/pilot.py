@@ -74,7 +74,11 @@ def read_pilot(studydir) -> dict | None:
 
 
 def pilot_runs(factor: float, seed: int) -> list[Run]:
-    """The learned router and the two controls at one seed."""
+    """The learned router and the two controls at one seed.
+
+    Choice: the pilot's MoE is Softmax Token Choice alone, for both controls (3 runs a seed, not 5); the study's
+    MoE - dense control averages its routers, so the pilot's test of it is the stricter one where Token Choice
+    is the weakest router (as in the paper)."""
     return [Run(RANDOM_ROUTER, factor, seed), Run(RANDOM_ROUTER, 1, seed, control="dense"),
             Run(RANDOM_ROUTER, factor, seed, control="agnostic")]  # fmt: skip
 
@@ -159,7 +163,7 @@ def run_pilot(spec: StudySpec, studydir, *, regimes=PILOT_REGIMES, seeds=PILOT_S
                       "controls": {str(seed): d for seed, d in zip(seeds, differences, strict=True)},
                       "declared": declared_mdd(differences)})  # fmt: skip
         say(progress, f"[pilot] regime {name!r} {'accepted' if ok else 'rejected'}: controls (points) "
-            + "; ".join(f"seed {s}: " + ", ".join(f"{k} {v:+.2f}" for k, v in d.items())
+            + "; ".join(f"seed {s}: " + ", ".join(f"{k} {_pts(v)}" for k, v in d.items())
                         for s, d in zip(seeds, differences, strict=True)))  # fmt: skip
         if ok:
             accepted = tried[-1]
@@ -183,8 +187,12 @@ def pilot_study_spec(studydir, **changes) -> StudySpec:
     pilot = read_pilot(studydir)
     if pilot is None:
         path = Path(studydir) / "pilot.json"
-        why = "it accepted no regime (see pilot.md)" if path.exists() else f"there is no {path}"
-        raise ValueError(f"the study runs in the regime its pilot accepted, and {why}: run "
+        if path.exists():
+            raise ValueError(f"the study runs only in a regime its pilot accepted, and the pilot in {studydir} "
+                             f"rejected every candidate ({path.parent / 'pilot.md'}): no study runs. Add a "
+                             "candidate to train.study.design.REGIMES and pilot.PILOT_REGIMES, then rerun "
+                             "`python -m train.study --pilot`")  # fmt: skip
+        raise ValueError(f"the study runs in the regime its pilot accepted, and there is no {path}: run "
                          f"`python -m train.study --pilot --workdir {studydir}` first")  # fmt: skip
     return dataclasses.replace(regime_spec(pilot["regime"], overrides=changes.pop("overrides", ())), **changes)
 
@@ -213,10 +221,11 @@ def write_pilot_report(result: dict, studydir: Path) -> None:
         f = r["factor"]
         for seed in map(str, seeds):
             acc, d = r["accuracy"][seed], r["controls"][seed]
+            decision = "accepted" if r["accepted"] else "rejected"
             lines.append(f"| `{r['regime']}` | {f:g} | {seed} | {_pct(acc.get(f'{RANDOM_ROUTER}-c{f:g}'))} | "
-                         f"{_pct(acc.get('dense'))} | {_pct(acc.get(f'agnostic-c{f:g}'))} | {d['moe-dense']:+.2f} | "
-                         f"{d['learned-agnostic']:+.2f} | {'accepted' if r['accepted'] else 'rejected'} |")  # fmt: skip
-    lines += ["", "A `-` or `nan`: a run not trained, because a control of the regime was already below the margin "
+                         f"{_pct(acc.get('dense'))} | {_pct(acc.get(f'agnostic-c{f:g}'))} | "
+                         f"{_pts(d['moe-dense'])} | {_pts(d['learned-agnostic'])} | {decision} |")  # fmt: skip
+    lines += ["", "A `-`: a run not trained, because a control of the regime was already below the margin "
               "(the regime was rejected at that point), or a run that diverged.", "", "Regimes:", ""]
     lines += [f"- `{r['regime']}`: {r['description']}" for r in result["regimes"]]
     if result["declared"]:
@@ -229,6 +238,10 @@ def write_pilot_report(result: dict, studydir: Path) -> None:
                   f"**{d['mdd_points']:.2f} points** with probability {d['power']:.0%} (exact, noncentral t). "
                   "The study report prints each contrast's own exact value beside this one."]  # fmt: skip
     (Path(studydir) / "pilot.md").write_text("\n".join(lines) + "\n")
+
+
+def _pts(value) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:+.2f}"
 
 
 def _pct(value) -> str:
