@@ -304,6 +304,9 @@ def _replace_static(module: eqx.Module, **changes) -> eqx.Module:
     return copy
 
 
+RANDOM_LOGIT_SCALE = 10.0  # random_routing: the spread of its random logits (see MoELayer._random_dispatch)
+
+
 class MoELayer(eqx.Module):
     """One MoE layer: a router and E expert MLPs with stacked weights, on one routing group (T, D) -> (T, D).
 
@@ -365,6 +368,7 @@ class MoELayer(eqx.Module):
     expert_choice_noise_std: float = eqx.field(static=True)
     capacity_rule: str = eqx.field(static=True)
     vmoe_capacity_factor: float = eqx.field(static=True)
+    random_routing: bool = eqx.field(static=True)
     router_weight: Array  # W (D, E) for sparse routers, phi (D, E, S) for Soft MoE
     experts: MLPExperts
     scale: Array | None  # Soft MoE normalization scale, when soft_moe_normalize
@@ -393,6 +397,7 @@ class MoELayer(eqx.Module):
         expert_init: str = "independent",
         capacity_rule: str = "round",
         vmoe_capacity_factor: float = 1.05,
+        random_routing: bool = False,
         key: PRNGKeyArray,
     ):
         self.router = check_router(router)
@@ -464,6 +469,9 @@ class MoELayer(eqx.Module):
         self.combine_from = combine_from
         self.soft_moe_normalize = bool(soft_moe_normalize)
         self.sinkhorn_style = sinkhorn_style
+        if random_routing and router == "soft_moe":
+            raise ValueError("random_routing=True needs a sparse router (it replaces the logits), not 'soft_moe'")
+        self.random_routing = bool(random_routing)
 
         k_router, k1, k2 = jax.random.split(key, 3)
         if router == "soft_moe":
@@ -590,6 +598,8 @@ class MoELayer(eqx.Module):
     def _sparse_dispatch(self, x, key, inference):
         # Choice: the router runs in float32 (or wider) even when the layer computes in bfloat16.
         dtype = router_dtype(x.dtype)
+        if self.random_routing:
+            return self._random_dispatch(x, key, dtype)
         logits = x.astype(dtype) @ self.router_weight.astype(dtype)
         clean_logits = logits
         noisy_router = self.router == "softmax_token_choice" or (
@@ -625,4 +635,27 @@ class MoELayer(eqx.Module):
         aux = routing_metrics(routing, x.shape[0])
         aux |= {"plan_error": plan_error.astype(jnp.float32), "importance_loss": importance, "load_loss": load}
         aux["loss"] = self.importance_weight * importance + self.load_weight * load
+        return gather_slots(x, routing), routing, aux
+
+    def _random_dispatch(self, x, key, dtype):
+        """The content-agnostic control: logits drawn afresh from ``key`` for every call, blind to the tokens.
+
+        Choice: the logits are ``RANDOM_LOGIT_SCALE * N(0, 1)`` i.i.d. per token and expert, so each token's
+        top-k experts are uniformly random and its softmax gate is close to 1 (the expert's output enters at full
+        weight, as a confident learned router's would); the router's priorities (which tokens a full expert
+        drops) are random too. A fresh draw every step in training; at inference the key the model is given
+        (``jax.random.key(0)`` by default), so an evaluation is repeatable. No auxiliary losses.
+        """
+        if key is None:
+            raise ValueError("random_routing needs a key (its assignment is drawn from it); pass key=...")
+        logits = RANDOM_LOGIT_SCALE * jax.random.normal(key, (x.shape[0], self.num_experts), dtype)
+        routing, plan_error = sparse_routing(
+            self.router, logits, self.capacity, self.k, sinkhorn_iters=self.sinkhorn_iters,
+            sparse_ot_iters=self.sparse_ot_iters, sparse_ot_learning_rate=self.sparse_ot_learning_rate,
+            combine_from=self.combine_from,
+        )  # fmt: skip
+        zero = jnp.zeros((), jnp.float32)
+        aux = routing_metrics(routing, x.shape[0])
+        aux |= {"plan_error": plan_error.astype(jnp.float32), "importance_loss": zero, "load_loss": zero}
+        aux["loss"] = zero
         return gather_slots(x, routing), routing, aux

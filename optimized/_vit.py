@@ -49,6 +49,8 @@ class ViTMoEConfig:
     router: str = "softmax_expert_choice"
     num_experts: int = 32
     factor: float = 1  # k for Token Choice, c for Expert Choice and Soft MoE
+    capacity_factor: float | None = None  # C = round(capacity_factor * T / E) in training; None: factor (the
+    # paper's C). Below k it makes Token Choice drop tokens (MoELayer's capacity_factor)
     group_images: int = 8  # sparse routers: images whose tokens form one routing group
     pool: str = "gap"
     noise_std: float | None = None  # Softmax Token Choice training noise; None means 1/E
@@ -61,6 +63,8 @@ class ViTMoEConfig:
     soft_moe_normalize: bool = False
     sinkhorn_style: str = "paper"  # "vmoe": training noise for both Sinkhorn routers, load loss for Sinkhorn TC
     dense: bool = False  # True: a plain ViT (every block an MLP), the dense baseline
+    random_routing: bool = False  # True: sparse routers route by random logits drawn afresh each call, blind to
+    # the tokens (MoELayer.random_routing): the content-agnostic control
     freeze_router: bool = False  # True: the router weights keep their random initialization (the training loop
     # gives them no update): the fixed random-routing control
     dtype: str = "float32"  # compute dtype of the matmuls: "float32" or "bfloat16"
@@ -155,6 +159,10 @@ class ViTMoEConfig:
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
         positive_real("factor", self.factor)
+        if self.capacity_factor is not None:
+            positive_real("capacity_factor", self.capacity_factor)
+        if self.random_routing and self.router == "soft_moe" and not self.dense:
+            raise ValueError("random_routing=True needs a sparse router (it replaces the logits), not 'soft_moe'")
         positive_real("sparse_ot_learning_rate", self.sparse_ot_learning_rate)
         for name in ("importance_weight", "load_weight"):
             if getattr(self, name) is not None:
@@ -295,6 +303,7 @@ class _Block(eqx.Module):
                 num_experts=config.num_experts,
                 group_size=config.group_size,
                 factor=config.factor,
+                capacity_factor=config.capacity_factor,
                 noise_std=config.noise_std,
                 importance_weight=config.importance_weight,
                 load_weight=config.load_weight,
@@ -309,6 +318,7 @@ class _Block(eqx.Module):
                 expert_init=config.expert_init,
                 capacity_rule=config.capacity_rule,
                 vmoe_capacity_factor=config.vmoe_capacity_factor,
+                random_routing=config.random_routing,
                 key=k_moe,
             )
         else:

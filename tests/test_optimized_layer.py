@@ -184,6 +184,46 @@ def tiny_config(router, **changes):
     ).replace(**changes)
 
 
+def test_random_routing_ignores_the_tokens_and_redraws_per_key():
+    # The content-agnostic control: the assignment depends on the key only. Two different groups routed with
+    # the same key go to the same experts; another key gives another assignment; gates are near 1 (logits x 10).
+    layer = O.MoELayer("softmax_token_choice", width=8, hidden=16, num_experts=4, group_size=32, random_routing=True,
+                       key=jax.random.key(0))  # fmt: skip
+    x, y = jax.random.normal(jax.random.key(1), (2, 32, 8))
+    k1, k2 = jax.random.key(5), jax.random.key(6)
+    w = {name: layer.token_expert_weights(v, key=k) for name, v, k in (("x1", x, k1), ("y1", y, k1), ("x2", x, k2))}
+    assert jnp.array_equal(w["x1"] > 0, w["y1"] > 0) and not jnp.array_equal(w["x1"] > 0, w["x2"] > 0)
+    kept = w["x1"].sum(-1)
+    assert float(jnp.median(kept[kept > 0])) > 0.99
+    # the learned router's assignment does depend on the tokens
+    learned = O.MoELayer("softmax_token_choice", width=8, hidden=16, num_experts=4, group_size=32, noise_std=0.0,
+                         key=jax.random.key(0))  # fmt: skip
+    wx, wy = (learned.token_expert_weights(v, key=k1) for v in (x, y))
+    assert not jnp.array_equal(wx > 0, wy > 0)
+    # no gradient reaches the router weights, and no auxiliary loss is added
+    grad = jax.grad(lambda m: m(x, key=k1)[0].sum())(layer)
+    assert float(jnp.abs(grad.router_weight).max()) == 0.0 and float(layer(x, key=k1)[1]["loss"]) == 0.0
+    with pytest.raises(ValueError, match="random_routing=True needs a sparse router"):
+        O.MoELayer("soft_moe", width=8, hidden=16, num_experts=4, group_size=32, random_routing=True,
+                   key=jax.random.key(0))  # fmt: skip
+
+
+def test_vit_capacity_factor_below_k_for_token_choice():
+    # ViTMoEConfig.capacity_factor = 0.5 at k = 1: C = round(0.5 x T / E) = round(0.5 x 2 x 16 / 4) = 4 slots per
+    # expert for a group of T = 32 tokens, so at least half of the tokens are dropped.
+    config = O.ViTMoEConfig(**O.VARIANTS["micro"], image_size=16, channels=1, num_classes=3, group_images=2,
+                            router="softmax_token_choice", capacity_factor=0.5)  # fmt: skip
+    model = O.ViTMoE(config, key=jax.random.key(0))
+    assert model.pairs.second.moe.capacity == 4 and model.capacity_factor == 0.5
+    _, aux = model(jnp.ones((2, 16, 16, 1)), key=jax.random.key(1), inference=False)
+    assert float(aux["moe"]["dropped_fraction"][0]) >= 0.5
+    assert O.ViTMoE(config.replace(capacity_factor=None), key=jax.random.key(0)).pairs.second.moe.capacity == 8
+    with pytest.raises(ValueError, match="capacity_factor"):
+        config.replace(capacity_factor=0).validate()
+    with pytest.raises(ValueError, match="random_routing=True needs a sparse router"):
+        config.replace(router="soft_moe", random_routing=True).validate()
+
+
 def test_vit_moe_layout_dtypes_and_metrics():
     config = tiny_config("softmax_expert_choice", depth=4, pool="cls")
     model = O.ViTMoE(config, key=jax.random.key(0))

@@ -201,6 +201,29 @@ def test_parts_vocabulary_families():
     assert within.mean() > 0.4 and across.mean() < 0.3
 
 
+def test_parts_families_variants_distractors():
+    # Per image, the non-background cells are the class's present parts plus the distractors: with 8 families,
+    # a drop probability of 0.2 and 4 distractors, 8 x 0.8 + 4 = 10.4 of 16 cells (35% background); the defaults
+    # give the default task draw for draw. Count occupied cells on the raw images of a 16 x 16 task without noise.
+    options = {**PARTS_SMALL, "noise": 0.0}
+    default = D.load("parts", **options)
+    np.testing.assert_array_equal(default.train_images, D.load("parts", **options, families=4, variants=16,
+                                                               distractors=2).train_images)  # fmt: skip
+    for families, distractors in ((4, 2), (8, 4)):
+        d = D.load("parts", **options, families=families, variants=32, distractors=distractors)
+        raw = d.train_images * d.std[0] + d.mean[0]
+        # the one-pixel shift moves a cell's content by at most a pixel: look at the 2 x 2 centre of each cell
+        centre = raw[:, :, :, 0].reshape(-1, 4, 4, 4, 4)[:, :, 1:3, :, 1:3]
+        occupied = (np.abs(centre).max(axis=(2, 4)) > 1e-6).sum(axis=(1, 2))
+        assert occupied.min() >= distractors and occupied.max() <= families + distractors
+        assert abs(occupied.mean() - (0.8 * families + distractors)) < 0.25, occupied.mean()
+    assert D.parts_vocabulary(4, 1, seed=0, families=8, variants=32).shape == (9, 32, 4, 4, 1)
+    with pytest.raises(ValueError, match="families \\+ distractors must be at most"):
+        D.load("parts", **options, families=14, distractors=3)
+    with pytest.raises(ValueError, match="variants"):
+        D.load("parts", **options, variants=0)
+
+
 def test_parts_classes_are_not_in_pixel_positions():
     # The parts of a class land at random cells of each image: a nearest-class-mean classifier on pixels is near
     # chance (5% for 20 classes). A model has to recognize parts wherever they are.

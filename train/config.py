@@ -26,6 +26,10 @@ class DataConfig:
     seed: int = 0
     num_classes: int | None = None  # synthetic only: classes generated (None: the reader's default)
     heldout_classes: int | None = None  # synthetic only: classes kept out of pre-training for the few-shot probe
+    # parts only (None: the reader's default, 4, 16 and 2): families per class, templates per family, distractors
+    families: int | None = None
+    variants: int | None = None
+    distractors: int | None = None
     # Streamed sources only (imagefolder, arrayrecord): Inception crop + flip for training (train.data.ops).
     augment: bool = False
     workers: int = 0  # grain worker processes decoding and augmenting; 0: in the training process

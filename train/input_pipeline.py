@@ -30,6 +30,7 @@ def load_data(config: Config):
         candidates = {
             "path": d.path, "image_size": d.image_size, "channels": d.channels, "seed": d.seed,
             "num_classes": d.num_classes, "heldout_classes": d.heldout_classes, "test_fraction": d.test_fraction,
+            "families": d.families, "variants": d.variants, "distractors": d.distractors,
         }  # fmt: skip
         valid = data.OPTIONS.get(d.name, {})  # an unknown name is reported by data.load
         options = {k: v for k, v in candidates.items() if k in valid and v is not None and v != ""}

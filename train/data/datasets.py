@@ -91,6 +91,9 @@ OPTIONS: dict[str, dict[str, object]] = {
         # At 0.25 the dense control of all five seeds leaves chance within 450 steps (7 to 52% test accuracy).
         "noise": 0.25,
         "seed": 0,
+        "families": 4,  # families a class is made of (one part each); one more family gives the distractors
+        "variants": 16,  # part templates per family
+        "distractors": 2,  # distractor parts per image
     },
     "cifar10": {"path": None, "image_size": 32, "channels": 3},
     "imagefolder": {"path": None, "image_size": 32, "channels": 3, "test_fraction": 0.25, "seed": 0},
@@ -122,9 +125,10 @@ def load(name: str, **options) -> Dataset:
     if "path" in resolved:
         resolved["path"] = path_option(name, resolved["path"])
     for key in ("image_size", "channels", "seed", "num_classes", "heldout_classes", "images_per_class",
-                "test_per_class", "fewshot_pool_per_class"):  # fmt: skip
+                "test_per_class", "fewshot_pool_per_class", "families", "variants", "distractors"):  # fmt: skip
         if key in resolved:
-            resolved[key] = int_option(key, resolved[key], minimum=0 if key in ("seed", "heldout_classes") else 1)
+            least = 0 if key in ("seed", "heldout_classes", "distractors") else 1
+            resolved[key] = int_option(key, resolved[key], minimum=least)
     if "channels" in resolved and name not in ("synthetic", "parts") and resolved["channels"] not in (1, 3):
         raise ValueError(f"option 'channels' must be 1 or 3 for {name!r}, got {resolved['channels']}")
     if "test_fraction" in resolved:

@@ -156,7 +156,6 @@ def load_synthetic(
 PARTS_GRID = 4  # an image is a PARTS_GRID x PARTS_GRID grid of cells; a ViT with patch = image_size / 4 sees a cell
 PARTS_FAMILIES = 4  # families classes are made of; one more, the distractor family, is never part of a class
 PARTS_VARIANTS = 16  # part types per family
-PARTS_PER_CLASS = 4  # one part of each family
 PARTS_DISTRACTORS = 2  # parts of the distractor family in every image
 PARTS_DROP = 0.2  # probability that one of a class's parts is missing from an image
 PARTS_SHIFT = 1  # the whole image moves by up to this many pixels in x and y
@@ -170,8 +169,9 @@ def _blur(x: np.ndarray) -> np.ndarray:
     return sum(padded[..., i : i + h, j : j + w] for i in range(3) for j in range(3)) / 9.0
 
 
-def parts_vocabulary(cell: int, channels: int, seed: int) -> np.ndarray:
-    """The part templates, (PARTS_FAMILIES + 1, PARTS_VARIANTS, cell, cell, channels), unit RMS per pixel.
+def parts_vocabulary(cell: int, channels: int, seed: int, families: int = PARTS_FAMILIES,
+                     variants: int = PARTS_VARIANTS) -> np.ndarray:  # fmt: skip
+    """The part templates, (families + 1, variants, cell, cell, channels), unit RMS per pixel.
 
     A family is a smooth random pattern; its variants are that pattern plus a variant-specific smooth pattern of
     0.8 times its norm. Tokens of one family look alike (an expert can specialize in a family) and telling its
@@ -183,34 +183,35 @@ def parts_vocabulary(cell: int, channels: int, seed: int) -> np.ndarray:
         return x / np.sqrt(np.mean(x**2, axis=(-3, -2, -1), keepdims=True))
 
     shape = (channels, cell, cell)  # blurred over the last two axes, then channels last
-    base = _blur(rng.normal(size=(PARTS_FAMILIES + 1, 1, *shape))).transpose(0, 1, 3, 4, 2)
-    detail = _blur(rng.normal(size=(PARTS_FAMILIES + 1, PARTS_VARIANTS, *shape))).transpose(0, 1, 3, 4, 2)
+    base = _blur(rng.normal(size=(families + 1, 1, *shape))).transpose(0, 1, 3, 4, 2)
+    detail = _blur(rng.normal(size=(families + 1, variants, *shape))).transpose(0, 1, 3, 4, 2)
     return unit(unit(base) + 0.8 * unit(detail)).astype(np.float32)
 
 
-def _parts_class(rng: np.random.Generator) -> np.ndarray:
-    """A class: for family i < PARTS_PER_CLASS, the variant of family i it is made of."""
-    return rng.integers(0, PARTS_VARIANTS, PARTS_PER_CLASS)
+def _parts_class(rng: np.random.Generator, families: int, variants: int) -> np.ndarray:
+    """A class: for each family i of the ``families`` a class is made of, the variant of family i it uses."""
+    return rng.integers(0, variants, families)
 
 
-def _parts_images(vocabulary, variants, count, size, noise, rng) -> np.ndarray:
+def _parts_images(vocabulary, variants, count, size, noise, rng, distractors=PARTS_DISTRACTORS) -> np.ndarray:
     """``count`` (size, size, channels) images of one class.
 
-    Each image places the class's parts (each missing with probability PARTS_DROP) and PARTS_DISTRACTORS parts
+    Each image places the class's parts (each missing with probability PARTS_DROP) and ``distractors`` parts
     of the distractor family (the last one, never part of a class) at distinct random cells, each with an
     amplitude in [0.7, 1.3], inverted (multiplied by -1) with probability PARTS_NEGATIVE; then shifts the
     whole picture by up to PARTS_SHIFT pixels and adds Gaussian pixel noise of std ``noise``.
     """
-    _, _, cell, _, channels = vocabulary.shape
+    families, kinds, cell, _, channels = vocabulary.shape
+    per_class = families - 1  # the last family is the distractors'
     cells = PARTS_GRID * PARTS_GRID
-    where = np.argsort(rng.random((count, cells)), axis=1)[:, : PARTS_PER_CLASS + PARTS_DISTRACTORS]
-    present = np.concatenate([rng.random((count, PARTS_PER_CLASS)) >= PARTS_DROP,
-                              np.ones((count, PARTS_DISTRACTORS), bool)], axis=1)  # fmt: skip
+    where = np.argsort(rng.random((count, cells)), axis=1)[:, : per_class + distractors]
+    present = np.concatenate([rng.random((count, per_class)) >= PARTS_DROP,
+                              np.ones((count, distractors), bool)], axis=1)  # fmt: skip
     sign = np.where(rng.random(where.shape) < PARTS_NEGATIVE, np.float32(-1), np.float32(1))  # polarity
     amplitude = rng.uniform(0.7, 1.3, where.shape).astype(np.float32) * present * sign
-    family = np.concatenate([np.arange(PARTS_PER_CLASS), np.full(PARTS_DISTRACTORS, PARTS_FAMILIES)])
-    variant = np.concatenate([np.broadcast_to(variants, (count, PARTS_PER_CLASS)),
-                              rng.integers(0, PARTS_VARIANTS, (count, PARTS_DISTRACTORS))], axis=1)  # fmt: skip
+    family = np.concatenate([np.arange(per_class), np.full(distractors, per_class)])
+    variant = np.concatenate([np.broadcast_to(variants, (count, per_class)),
+                              rng.integers(0, kinds, (count, distractors))], axis=1)  # fmt: skip
     grid = np.zeros((count, cells, cell, cell, channels), np.float32)
     rows = np.arange(count)[:, None]
     grid[rows, where] = vocabulary[family[None, :], variant] * amplitude[:, :, None, None, None]
@@ -238,6 +239,9 @@ def load_parts(
     channels: int,
     noise: float,
     seed: int,
+    families: int = PARTS_FAMILIES,
+    variants: int = PARTS_VARIANTS,
+    distractors: int = PARTS_DISTRACTORS,
 ) -> Dataset:
     """Classes composed of parts: a task where tokens differ in kind and per-token capacity matters.
 
@@ -257,6 +261,11 @@ def load_parts(
     ``test_per_class`` test images), as the paper pre-trains on JFT and probes on ImageNet. Class ``c``'s images
     come from ``default_rng((seed, c, k, tag))``: deterministic, and independent of the other classes.
     ``image_size`` must be a multiple of 4; the templates are drawn at ``image_size / 4`` pixels per cell.
+
+    ``families`` (default 4), ``variants`` (16) and ``distractors`` (2) change the task: more families per class
+    and distractors per image leave less background (with 8 families and 3 distractors about 36% of the 16
+    cells are background, against 67.5% by default), more variants need more part detectors. The defaults give
+    the images of the default task, draw for draw.
     """
     if image_size % PARTS_GRID:
         raise ValueError(f"option 'image_size' must be a multiple of {PARTS_GRID} for 'parts', got {image_size}")
@@ -265,12 +274,15 @@ def load_parts(
             f"options num_classes={num_classes}, heldout_classes={heldout_classes}: need at least 2 pre-training "
             "and 2 held-out classes"
         )
+    if families + distractors > PARTS_GRID * PARTS_GRID:
+        raise ValueError(f"options families={families}, distractors={distractors}: an image has "
+                         f"{PARTS_GRID * PARTS_GRID} cells; families + distractors must be at most that")  # fmt: skip
     cell = image_size // PARTS_GRID
-    vocabulary = parts_vocabulary(cell, channels, seed)
+    vocabulary = parts_vocabulary(cell, channels, seed, families, variants)
     pretrain = num_classes - heldout_classes
     splits = {"train": ([], []), "test": ([], []), "fewshot_train": ([], []), "fewshot_test": ([], [])}
     for c in range(num_classes):
-        variants = _parts_class(np.random.default_rng((seed, c, 0, PARTS_STREAM)))
+        kinds = _parts_class(np.random.default_rng((seed, c, 0, PARTS_STREAM)), families, variants)
         if c < pretrain:
             wanted = (("train", images_per_class, c), ("test", test_per_class, c))
         else:
@@ -278,13 +290,14 @@ def load_parts(
                                                                                 c - pretrain))  # fmt: skip
         for k, (split, count, label) in enumerate(wanted, start=1):
             rng = np.random.default_rng((seed, c, k, PARTS_STREAM))
-            splits[split][0].append(_parts_images(vocabulary, variants, count, image_size, noise, rng))
+            splits[split][0].append(_parts_images(vocabulary, kinds, count, image_size, noise, rng, distractors))
             splits[split][1].append(np.full(count, label, np.int32))
     arrays = {name: (np.concatenate(images), np.concatenate(labels)) for name, (images, labels) in splits.items()}
     mean, std = normalize(*(images for images, _ in arrays.values()))
     options = dict(num_classes=num_classes, heldout_classes=heldout_classes, images_per_class=images_per_class,
                    test_per_class=test_per_class, fewshot_pool_per_class=fewshot_pool_per_class,
-                   image_size=image_size, channels=channels, noise=noise, seed=seed)  # fmt: skip
+                   image_size=image_size, channels=channels, noise=noise, seed=seed, families=families,
+                   variants=variants, distractors=distractors)  # fmt: skip
     names = tuple(f"parts_{c:03d}" for c in range(num_classes))
     return Dataset(
         name="parts", train_images=arrays["train"][0], train_labels=arrays["train"][1],

@@ -3,12 +3,13 @@ train.study``; its options and what it writes: ``train.study.cli``).
 
 The modules, in the order data flows through them (each imports only modules above it):
 
-    design       arms, seeds, runs and their configs (``StudySpec``, ``Run``, ``Plan``), the pre-declared contrasts
-    execution    running the arms: ordinary, resumable workdirs (``train_runs``); the study's dataset, loaded once
+    design       regimes, arms, seeds, runs and their configs (``StudySpec``, ``Run``, ``Plan``), the contrasts
+    execution    running the arms: ordinary, resumable workdirs (``train_runs``), in worker processes or here
+    worker       ``python -m train.study.worker``: one worker process of ``execution.train_in_workers``
     results      one row per run from its workdir, ``results.csv``
-    pilot        ``--pilot``: the steps and learning rate at which runs converge; ``schedule`` reads its choice
+    statistics   paired contrasts within seed, two-stage paired t tests, Holm, the exact detectable difference
+    pilot        ``--pilot``: the regime whose controls pass, the declared detectable difference; ``schedule``
     timing       the median step time of every configuration, timed in one interleaved pass
-    statistics   paired contrasts within seed, paired t tests, Holm, the minimum detectable difference
     diagnosis    what the routers do: routing maps, expert usage per class, Sinkhorn Token Choice's balance
     plots        contrasts.png, accuracy_vs_time.png, convergence.png
     report       report.md
@@ -23,10 +24,12 @@ The package sits on top of ``train``: it imports the trainer and the modules bel
 from .cli import main as main
 from .design import EXPERT_CHOICE as EXPERT_CHOICE
 from .design import LABELS as LABELS
+from .design import REGIMES as REGIMES
 from .design import SPARSE as SPARSE
 from .design import TOKEN_CHOICE as TOKEN_CHOICE
 from .design import Contrast as Contrast
 from .design import Plan as Plan
+from .design import Regime as Regime
 from .design import Run as Run
 from .design import Schedule as Schedule
 from .design import StudySpec as StudySpec
@@ -36,11 +39,13 @@ from .design import contrasts as contrasts
 from .design import full_spec as full_spec
 from .design import plan_runs as plan_runs
 from .design import quick_spec as quick_spec
+from .design import regime_spec as regime_spec
 from .design import run_config as run_config
 from .diagnosis import diagnosis_text as diagnosis_text
 from .diagnosis import pictures as pictures
 from .diagnosis import sinkhorn_diagnosis as sinkhorn_diagnosis
 from .pilot import PilotError as PilotError
+from .pilot import pilot_study_spec as pilot_study_spec
 from .pilot import run_pilot as run_pilot
 from .pilot import schedule as schedule
 from .results import convergence_gain as convergence_gain

@@ -25,9 +25,11 @@ from ..presets import resolve
 TOKEN_CHOICE = ("softmax_token_choice", "sinkhorn_token_choice")
 EXPERT_CHOICE = ("softmax_expert_choice", "sinkhorn_expert_choice", "sparsity_constrained_expert_choice")
 SPARSE = TOKEN_CHOICE + EXPERT_CHOICE
-# Choice: the default study runs one Expert Choice router (Softmax), so that 6 arms x 5 seeds fit in 60 minutes
-# on 2 CPU cores; --full (or --routers) adds Sinkhorn and sparsity-constrained Expert Choice.
-DEFAULT_ROUTERS = ("softmax_token_choice", "sinkhorn_token_choice", "softmax_expert_choice", "soft_moe")
+# Choice: the default study runs one router of each kind the paper's findings (ii) and (iii) compare (Softmax
+# Token Choice, Softmax Expert Choice, Soft MoE), so that 5 arms (with the two controls) x 10 seeds fit in 60
+# minutes on 2 CPU cores; --full (or --routers) adds Sinkhorn Token Choice and the other Expert Choice routers.
+DEFAULT_ROUTERS = ("softmax_token_choice", "softmax_expert_choice", "soft_moe")
+DEFAULT_SEEDS = tuple(range(10))
 LABELS = {
     "softmax_token_choice": "Softmax Token Choice",
     "sinkhorn_token_choice": "Sinkhorn Token Choice",
@@ -44,25 +46,60 @@ MARKERS = {  # the paper's Figures 1 and 2
     "sparsity_constrained_expert_choice": "^",
     "soft_moe": "*",
 }
-# Choice: the random-routing control is Softmax Token Choice with its router weights frozen at their random
-# initialization, no noise and no auxiliary losses: each token goes to the expert a fixed random linear map of it
-# prefers. It is compared with the learned Softmax Token Choice at the same k.
+# Choice: the routing controls are Softmax Token Choice without noise or auxiliary losses, compared with the
+# learned Softmax Token Choice at the same k and capacity. The content-agnostic control ("agnostic") routes by
+# random logits drawn afresh every step (``model.random_routing``): which expert a token meets, and whether it is
+# dropped, is independent of what the token shows. The "hash" arm keeps the router weights frozen at their random
+# initialization: a fixed random linear map of the token picks its expert, so experts can still specialize by
+# content (the previous study found it sends 81% of one part template to one expert); it is reported, not tested.
 RANDOM_ROUTER = "softmax_token_choice"
+
+
+class Regime(NamedTuple):
+    """A candidate regime of the study: a preset, its overrides and the capacity every arm runs at."""
+
+    preset: str
+    overrides: tuple[str, ...]
+    factor: float
+    description: str
+
+
+# Choice: the regimes the pilot weighs (hypotheses; the pilot decides, ``pilot.run_pilot``). All have one MoE
+# layer early (depth 2: an MLP block, then the MoE block 1), small experts, 8 part families x 32 variants and 4
+# distractors per image (about 35% of the cells background, against 67.5% in the previous study's task).
+# "routing-c1": experts of hidden width 32 (a dense MLP of one expert's per-token compute holds fewer detectors
+# than there are templates), capacity 1. "routing-small", "routing-tiny": experts of width 16, 8. "routing": 32 at
+# capacity c = 0.5 (C = T / 2E: every sparse router must leave half the tokens out). "parts": the previous study's
+# regime (4 blocks, MoE on 1 and 3, width 64, 4 families x 16 variants, 2 distractors, capacity 1).
+_ROUTING = ("model.depth=2", "data.families=8", "data.variants=32", "data.distractors=4")
+REGIMES = {
+    "routing-c1": Regime("parts", (*_ROUTING, "model.mlp_dim=32"), 1, "depth 2 (MoE at block 1), experts of "
+                         "hidden width 32, 8 part families x 32 variants, 4 distractors per image (about 35% "
+                         "background), capacity 1"),
+    "routing-small": Regime("parts", (*_ROUTING, "model.mlp_dim=16"), 1, "as `routing-c1` with experts (and the "
+                            "dense MLP) of hidden width 16"),
+    "routing-tiny": Regime("parts", (*_ROUTING, "model.mlp_dim=8"), 1, "as `routing-c1` with experts (and the "
+                           "dense MLP) of hidden width 8"),
+    "routing": Regime("parts", (*_ROUTING, "model.mlp_dim=32"), 0.5, "as `routing-c1` at capacity 0.5"),
+    "parts": Regime("parts", (), 1, "the previous study's regime: depth 4 (MoE at blocks 1 and 3), hidden width "
+                    "64, 4 families x 16 variants, 2 distractors (67.5% background), capacity 1"),
+}
 CONVERGENCE_POINTS = 0.5  # a run has converged when test accuracy gains less than this over its last 20% of steps
 EVALUATIONS = 5  # test accuracy at 20, 40, 60, 80 and 100% of the steps
-
 
 @dataclasses.dataclass(frozen=True)
 class StudySpec:
     preset: str = "parts"
     steps: int | None = None  # None: the pilot's choice (STUDY/pilot.json), else the preset's
     learning_rate: float | None = None  # likewise
-    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    seeds: tuple[int, ...] = DEFAULT_SEEDS
     timing_rounds: int = 10  # interleaved training steps timed per configuration (see timing.time_steps)
     routers: tuple[str, ...] = DEFAULT_ROUTERS
-    factors: tuple[int, ...] = (1,)
+    factors: tuple[float, ...] = (1,)
     ablation: bool = False
     controls: bool = True
+    hash_arm: bool = False  # the frozen random linear router (see RANDOM_ROUTER), reported beside the controls
+    regime: str = ""  # the REGIMES entry its preset, overrides and factors come from ("": none, the options')
     overrides: tuple[str, ...] = ()
     pictures: bool = True  # routing maps and per-class expert usage of every router configuration (first seed)
 
@@ -75,10 +112,14 @@ class StudySpec:
         if len(set(self.routers)) != len(self.routers):
             raise ValueError(f"--routers: {self.routers} names a router twice")
         for factor in self.factors:
-            if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
-                raise ValueError(f"--factors: {factor!r} is not a positive integer (k or c)")
+            if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < math.inf:
+                raise ValueError(f"--factors: {factor!r} is not a positive number (k or c)")
+            if factor > 1 and not float(factor).is_integer():
+                raise ValueError(f"--factors: {factor!r}: above 1 a factor is k for Token Choice, an integer")
         if not self.factors or len(set(self.factors)) != len(self.factors):
-            raise ValueError(f"--factors: {self.factors} must be one or more distinct positive integers")
+            raise ValueError(f"--factors: {self.factors} must be one or more distinct positive numbers")
+        if self.regime and self.regime not in REGIMES:
+            raise ValueError(f"--regime: unknown regime {self.regime!r}; valid regimes: {', '.join(REGIMES)}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
             raise ValueError(f"--seeds: {self.seeds} must be one or more distinct non-negative integers")
         if self.steps is not None and self.steps < EVALUATIONS:
@@ -95,14 +136,27 @@ class StudySpec:
             )
         if self.controls and RANDOM_ROUTER not in self.routers:
             raise ValueError(
-                f"the random-routing control is compared with the learned {RANDOM_ROUTER}: add it to --routers, "
+                f"the routing controls are compared with the learned {RANDOM_ROUTER}: add it to --routers, "
                 "or pass --no-controls"
             )
+        if self.hash_arm and RANDOM_ROUTER not in self.routers:
+            raise ValueError(f"the hash arm is compared with the learned {RANDOM_ROUTER}: add it to --routers")
+
+
+def regime_spec(name: str, **changes) -> StudySpec:
+    """The study in regime ``name`` (``REGIMES``): its preset, overrides (before ``changes``' own) and capacity."""
+    if name not in REGIMES:
+        raise ValueError(f"unknown regime {name!r}; valid regimes: {', '.join(REGIMES)}")
+    regime = REGIMES[name]
+    overrides = regime.overrides + tuple(changes.pop("overrides", ()))
+    return dataclasses.replace(StudySpec(preset=regime.preset, overrides=overrides, factors=(regime.factor,),
+                                         regime=name), **changes)  # fmt: skip
 
 
 def full_spec(**changes) -> StudySpec:
-    """The paper's whole grid: six routers x k, c = 1, 2, the Figure 3 ablation, the controls."""
-    return dataclasses.replace(StudySpec(routers=ROUTERS, factors=(1, 2), ablation=True), **changes)
+    """The paper's whole grid: six routers x k, c = 1, 2, the Figure 3 ablation, the controls and the hash arm."""
+    return dataclasses.replace(StudySpec(routers=ROUTERS, factors=(1, 2), ablation=True, hash_arm=True),
+                               **changes)  # fmt: skip
 
 
 def quick_spec() -> StudySpec:
@@ -114,10 +168,10 @@ def quick_spec() -> StudySpec:
 @dataclasses.dataclass(frozen=True)
 class Run:
     router: str
-    factor: int
+    factor: float
     seed: int
     combine_from: str = "softmax"  # "plan": the "without softmax combine" arm of Figure 3
-    control: str = ""  # "dense" or "random"; "" for a router of the study
+    control: str = ""  # "dense", "agnostic" or "hash" (see RANDOM_ROUTER); "" for a router of the study
 
     @property
     def name(self) -> str:
@@ -128,10 +182,10 @@ class Run:
         """The run without its seed: what the tables average over."""
         if self.control == "dense":
             return "dense"
-        if self.control == "random":
-            return f"random-c{self.factor}"
+        if self.control in ("agnostic", "hash"):
+            return f"{self.control}-c{self.factor:g}"
         plan = "-plan" if self.combine_from == "plan" else ""
-        return f"{self.router}-c{self.factor}{plan}"
+        return f"{self.router}-c{self.factor:g}{plan}"
 
     def workdir(self, studydir) -> Path:
         """The run's workdir in a study's directory: an ordinary training workdir."""
@@ -140,11 +194,19 @@ class Run:
     def describe(self) -> str:
         if self.control == "dense":
             return f"dense ViT (control) seed {self.seed}"
-        capacity = "k" if self.router in TOKEN_CHOICE else "c"
-        if self.control == "random":
-            return f"fixed random router (control) k={self.factor} seed {self.seed}"
+        if self.control == "agnostic":
+            return f"content-agnostic router (control) {_capacity(self.router, self.factor)} seed {self.seed}"
+        if self.control == "hash":
+            return f"frozen random linear router (hash) {_capacity(self.router, self.factor)} seed {self.seed}"
         combine = ", combine from the plan (Figure 3 ablation)" if self.combine_from == "plan" else ""
-        return f"{LABELS[self.router]} {capacity}={self.factor} seed {self.seed}{combine}"
+        return f"{LABELS[self.router]} {_capacity(self.router, self.factor)} seed {self.seed}{combine}"
+
+
+def _capacity(router: str, factor: float) -> str:
+    """How a router's factor reads: k for Token Choice (k = 1 at a capacity factor below 1), c for the others."""
+    if router in TOKEN_CHOICE:
+        return f"k=1, c={factor:g}" if factor < 1 else f"k={factor:g}"
+    return f"c={factor:g}"
 
 
 def configuration_label(configuration: str) -> str:
@@ -153,10 +215,11 @@ def configuration_label(configuration: str) -> str:
         return "Dense ViT (control)"
     name, _, rest = configuration.partition("-c")
     factor, _, plan = rest.partition("-")
-    if name == "random":
-        return f"Fixed random router, k={factor} (control)"
-    capacity = "k" if name in TOKEN_CHOICE else "c"
-    return f"{LABELS[name]}, {capacity}={factor}" + (", plan combine" if plan else "")
+    if name == "agnostic":
+        return f"Content-agnostic router, {_capacity(RANDOM_ROUTER, float(factor))} (control)"
+    if name == "hash":
+        return f"Frozen random linear router (hash), {_capacity(RANDOM_ROUTER, float(factor))}"
+    return f"{LABELS[name]}, {_capacity(name, float(factor))}" + (", plan combine" if plan else "")
 
 
 def plan_runs(spec: StudySpec) -> list[Run]:
@@ -168,7 +231,9 @@ def plan_runs(spec: StudySpec) -> list[Run]:
             if spec.ablation:
                 runs.append(Run("sinkhorn_token_choice", factor, seed, combine_from="plan"))
             if spec.controls:
-                runs.append(Run(RANDOM_ROUTER, factor, seed, control="random"))
+                runs.append(Run(RANDOM_ROUTER, factor, seed, control="agnostic"))
+            if spec.hash_arm:
+                runs.append(Run(RANDOM_ROUTER, factor, seed, control="hash"))
         if spec.controls:
             runs.append(Run(RANDOM_ROUTER, 1, seed, control="dense"))
     return runs
@@ -187,12 +252,22 @@ def run_config(spec: StudySpec, run: Run, steps: int, learning_rate: float) -> C
     # Choice: test accuracy is evaluated EVALUATIONS times per run (20%, ..., 100% of the steps): the curves, and
     # the convergence check on the last 20%.
     overrides = (f"eval_every={max(1, steps // EVALUATIONS)}", f"learning_rate={learning_rate!r}", *spec.overrides)
-    config = resolve(spec.preset, router=run.router, factor=run.factor, seed=run.seed, steps=steps,
-                     overrides=overrides)  # fmt: skip
+    # Choice: a factor below 1 is a capacity below 1 for every router: Token Choice keeps k = 1 and runs at
+    # C = round(factor * T / E) (``model.capacity_factor``); Expert Choice and Soft MoE take it as their c.
+    below = run.factor < 1 and run.router in TOKEN_CHOICE
+    config = resolve(spec.preset, router=run.router, factor=1 if below else run.factor, seed=run.seed,
+                     steps=steps, overrides=overrides)  # fmt: skip
     model = config.model.replace(combine_from=run.combine_from)
+    if below:
+        model = model.replace(capacity_factor=run.factor)
     if run.control == "dense":
-        model = model.replace(dense=True)
-    elif run.control == "random":
+        # Choice: the dense control is the same ViT with every MoE block an MLP of the experts' width: the
+        # per-token compute of one expert (k = 1, c = 1). Below c = 1 the MoE spends less than that per token
+        # (it leaves tokens out), so MoE beating dense there is the harder test.
+        model = model.replace(dense=True, capacity_factor=None)
+    elif run.control == "agnostic":
+        model = model.replace(random_routing=True, noise_std=0.0, importance_weight=0.0, load_weight=0.0)
+    elif run.control == "hash":
         model = model.replace(freeze_router=True, noise_std=0.0, importance_weight=0.0, load_weight=0.0)
     return config.replace(model=model)
 
@@ -236,45 +311,58 @@ class Plan:
 
 @dataclasses.dataclass(frozen=True)
 class Contrast:
-    """A pre-declared paired contrast: mean over ``a`` minus mean over ``b`` (configuration names), per seed."""
+    """A pre-declared paired contrast: mean over ``a`` minus mean over ``b`` (configuration names), per seed.
 
-    key: str  # "moe-dense", "learned-random", "i", "ii", "iii", "iv"
+    ``stage`` 1: a control (tested first, Holm over the controls); 2: a finding of the paper (tested only when
+    every control of stage 1 is supported, Holm over the findings); 0: descriptive (an interval, no test).
+    """
+
+    key: str  # "moe-dense", "learned-agnostic"; "ii", "iii" (the paper's numbering); "sinkhorn-softmax", ...
     claim: str
-    factor: int
+    factor: float
     a: tuple[str, ...]
     b: tuple[str, ...]
     paper_a: tuple[str, ...] = ()  # routers whose paper numbers give the same difference (empty: none)
     paper_b: tuple[str, ...] = ()
+    stage: int = 2
 
 
 def contrasts(spec: StudySpec) -> list[Contrast]:
-    """The study's contrasts, fixed by its design before any run: the controls, then the paper's findings."""
+    """The study's contrasts, fixed by its design before any run: the controls (stage 1), the paper's findings in
+    the paper's numbering (stage 2: (ii) Expert Choice beats Token Choice, (iii) Soft MoE beats the sparse
+    routers), then the descriptive ones (Sinkhorn vs Softmax Token Choice, the Figure 3 ablation, the hash arm)."""
     out = []
     for factor in spec.factors:
-        routers = [f"{r}-c{factor}" for r in spec.routers]
+        f = f"{factor:g}"
+        routers = [f"{r}-c{f}" for r in spec.routers]
         if spec.controls:
-            out.append(Contrast("moe-dense", "MoE beats a dense ViT of the same per-token compute (mean of the "
-                                "study's routers - dense)", factor, tuple(routers), ("dense",)))  # fmt: skip
-            out.append(Contrast("learned-random", f"a learned router beats a fixed random one ({LABELS[RANDOM_ROUTER]}"
-                                " - the same router frozen at its random initialization)", factor,
-                                (f"{RANDOM_ROUTER}-c{factor}",), (f"random-c{factor}",)))  # fmt: skip
+            out.append(Contrast("moe-dense", "MoE beats a dense ViT of one expert's per-token compute (mean of the "
+                                "study's routers - dense)", factor, tuple(routers), ("dense",), stage=1))  # fmt: skip
+            out.append(Contrast("learned-agnostic", f"learned routing beats content-agnostic routing "
+                                f"({LABELS[RANDOM_ROUTER]} - the same router with random logits drawn afresh every "
+                                "step)", factor, (f"{RANDOM_ROUTER}-c{f}",), (f"agnostic-c{f}",),
+                                stage=1))  # fmt: skip
         ec = [r for r in spec.routers if r in EXPERT_CHOICE]
         tc = [r for r in spec.routers if r in TOKEN_CHOICE]
         sparse = [r for r in spec.routers if r in SPARSE]
         if ec and tc:
-            out.append(Contrast("i", f"(i) Expert Choice beats Token Choice (mean of the {len(ec)} EC routers - "
-                                f"mean of the {len(tc)} TC routers)", factor, tuple(f"{r}-c{factor}" for r in ec),
-                                tuple(f"{r}-c{factor}" for r in tc), tuple(ec), tuple(tc)))  # fmt: skip
+            out.append(Contrast("ii", f"(ii) Expert Choice beats Token Choice (mean of the {len(ec)} EC routers - "
+                                f"mean of the {len(tc)} TC routers)", factor, tuple(f"{r}-c{f}" for r in ec),
+                                tuple(f"{r}-c{f}" for r in tc), tuple(ec), tuple(tc)))  # fmt: skip
         if "soft_moe" in spec.routers and sparse:
-            out.append(Contrast("ii", f"(ii) Soft MoE beats the sparse routers (Soft MoE - mean of the {len(sparse)}"
-                                " sparse routers)", factor, (f"soft_moe-c{factor}",),
-                                tuple(f"{r}-c{factor}" for r in sparse), ("soft_moe",), tuple(sparse)))  # fmt: skip
+            out.append(Contrast("iii", f"(iii) Soft MoE beats the sparse routers (Soft MoE - mean of the "
+                                f"{len(sparse)} sparse routers)", factor, (f"soft_moe-c{f}",),
+                                tuple(f"{r}-c{f}" for r in sparse), ("soft_moe",), tuple(sparse)))  # fmt: skip
         if set(TOKEN_CHOICE) <= set(spec.routers):
-            out.append(Contrast("iii", "(iii) Sinkhorn Token Choice beats Softmax Token Choice", factor,
-                                (f"sinkhorn_token_choice-c{factor}",), (f"softmax_token_choice-c{factor}",),
-                                ("sinkhorn_token_choice",), ("softmax_token_choice",)))  # fmt: skip
+            out.append(Contrast("sinkhorn-softmax", "Sinkhorn Token Choice - Softmax Token Choice (descriptive)",
+                                factor, (f"sinkhorn_token_choice-c{f}",), (f"softmax_token_choice-c{f}",),
+                                ("sinkhorn_token_choice",), ("softmax_token_choice",), stage=0))  # fmt: skip
         if spec.ablation:
-            out.append(Contrast("iv", "(iv) softmax combine weights help Sinkhorn Token Choice (softmax combine - "
-                                "plan combine)", factor, (f"sinkhorn_token_choice-c{factor}",),
-                                (f"sinkhorn_token_choice-c{factor}-plan",)))  # fmt: skip
+            out.append(Contrast("figure3", "Figure 3: softmax combine - plan combine, Sinkhorn Token Choice "
+                                "(descriptive)", factor, (f"sinkhorn_token_choice-c{f}",),
+                                (f"sinkhorn_token_choice-c{f}-plan",), stage=0))  # fmt: skip
+        if spec.hash_arm:
+            out.append(Contrast("learned-hash", f"{LABELS[RANDOM_ROUTER]} - the same router frozen at its random "
+                                "initialization (hash; descriptive)", factor, (f"{RANDOM_ROUTER}-c{f}",),
+                                (f"hash-c{f}",), stage=0))  # fmt: skip
     return out

@@ -80,6 +80,25 @@ def _inference_moe(model, images):
     return model(images, inference=True)[1]["moe"]
 
 
+def diagnosis_heading(diagnosis: list[dict]) -> str:
+    """The report's heading over ``diagnosis_text``: what its data shows about dropping, Sinkhorn against Softmax
+    Token Choice at the iterations they trained with (first capacity that has both).
+
+    >>> diagnosis_heading([{"router": "sinkhorn_token_choice", "factor": 1, "dropped_fraction": 0.139},
+    ...                    {"router": "softmax_token_choice", "factor": 1, "dropped_fraction": 0.188}])
+    'Sinkhorn Token Choice drops fewer tokens than Softmax Token Choice (13.9% vs 18.8% at k = 1)'
+    """
+    for factor in sorted({d["factor"] for d in diagnosis}):
+        sink = [d for d in diagnosis if d["router"] == "sinkhorn_token_choice" and d["factor"] == factor]
+        soft = [d for d in diagnosis if d["router"] == "softmax_token_choice" and d["factor"] == factor]
+        if sink and soft:
+            a, b = 100 * sink[0]["dropped_fraction"], 100 * soft[0]["dropped_fraction"]
+            how = "fewer" if round(a, 1) < round(b, 1) else "more" if round(a, 1) > round(b, 1) else "as many"
+            return (f"Sinkhorn Token Choice drops {how} tokens {'as' if how == 'as many' else 'than'} Softmax Token "
+                    f"Choice ({a:.1f}% vs {b:.1f}% at k = {factor:g})")  # fmt: skip
+    return "Token dropping of the Sinkhorn routers"
+
+
 def diagnosis_text(diagnosis: list[dict]) -> list[str]:
     """The report's lines on ``sinkhorn_diagnosis``: a table, and per capacity what more iterations change."""
     lines = ["Measured at inference on test images (first seed's trained model, grouped as in evaluation), with "

@@ -66,8 +66,9 @@ def plot(rows, spec: StudySpec, analyses: dict[str, dict], studydir: Path) -> li
             x = got[0]["timed_train_seconds"]
             r0 = got[0]
             if r0["control"]:
-                marker, color, label = ("D", "k", "dense (control)") if r0["control"] == "dense" else (
-                    "v", "0.5", "fixed random router (control)")  # fmt: skip
+                marker, color, label = {"dense": ("D", "k", "dense (control)"),
+                                        "agnostic": ("v", "0.5", "content-agnostic router (control)"),
+                                        "hash": ("^", "0.7", "frozen random linear router (hash)")}[r0["control"]]
             else:
                 marker, color, label = MARKERS[r0["router"]], f"C{ROUTERS.index(r0['router'])}", LABELS[r0["router"]]
                 if r0["combine_from"] == "plan":
@@ -96,8 +97,9 @@ def plot(rows, spec: StudySpec, analyses: dict[str, dict], studydir: Path) -> li
             continue
         steps = sorted(set.intersection(*(set(cv) for cv in curves)))
         values = np.array([[cv[s] for s in steps] for cv in curves]) * 100
+        dashed = "plan" in c or c.startswith(("dense", "agnostic", "hash"))
         line = ax.plot(steps, values.mean(0), marker="o", markersize=3, label=configuration_label(c),
-                       color=f"C{i % 10}", linestyle="--" if "plan" in c or c == "dense" or "random" in c else "-")[0]
+                       color=f"C{i % 10}", linestyle="--" if dashed else "-")[0]
         ax.fill_between(steps, values.min(0), values.max(0), color=line.get_color(), alpha=0.12)
     ax.set_xlabel("training step")
     ax.set_ylabel("test accuracy (%)")

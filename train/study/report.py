@@ -13,15 +13,15 @@ from pathlib import Path
 
 from .. import paper
 from ..config import Config
-from .design import CONVERGENCE_POINTS, Plan, configuration_label, configurations, contrasts
-from .diagnosis import diagnosis_text
+from .design import CONVERGENCE_POINTS, REGIMES, Plan, configuration_label, configurations, contrasts
+from .diagnosis import diagnosis_heading, diagnosis_text
 from .results import evaluation_sizes, finished
 from .statistics import METRIC_LABELS, mean_ci
 
 
 def write_report(rows, plan: Plan, analyses: dict[str, dict], studydir: Path, *, command: str,
                  wall_seconds: float, trained: int, diagnosis: list[dict] | None = None,
-                 pictures: dict | None = None) -> Path:  # fmt: skip
+                 pictures: dict | None = None, pilot: dict | None = None, workers: int = 1) -> Path:  # fmt: skip
     """Write ``report.md``: the design and what it can resolve, the controls, the paper's findings as contrasts,
     the per-configuration tables, convergence, expert usage and what the routers do. ``analyses``:
     ``statistics.analyse_all`` of ``rows``; ``diagnosis`` and ``pictures``: from ``train.study.diagnosis``."""
@@ -31,15 +31,22 @@ def write_report(rows, plan: Plan, analyses: dict[str, dict], studydir: Path, *,
     config = plan.configs[plan.runs[0]]
     sizes = evaluation_sizes(rows)
     n_seeds = len(spec.seeds)
+    where = f"regime `{spec.regime}`" if spec.regime else f"`{spec.preset}` preset"
+    up = analyses["test_accuracy"]
     lines = [
-        f"# Router study: `{spec.preset}` preset, {steps} steps, seeds {', '.join(map(str, spec.seeds))}", "",
+        f"# Router study: {where}, {steps} steps, seeds {', '.join(map(str, spec.seeds))}", "",
+        *_resolution(up, pilot), "",
         f"Command: `{command}`  ",
         f"Written {datetime.datetime.now().isoformat(timespec='seconds')} on {platform.node() or 'this machine'} "
         f"({platform.machine()}, {_devices()}). This invocation trained {trained} of {len(rows)} runs in "
-        f"{wall_seconds / 60:.1f} min of wall time (the others were finished earlier and reused).  ",
+        f"{wall_seconds / 60:.1f} min of wall time with {workers} worker process{'es' if workers > 1 else ''} (the "
+        "others were finished earlier and reused).  ",
         f"Overrides applied to every run: {', '.join(spec.overrides) or 'none'}. One row per run: "
         "[`results.csv`](results.csv).", "",
         "## Design (fixed before the runs)", "",
+        *([f"- **Regime**: `{spec.regime}`: {REGIMES[spec.regime].description}; accepted by the pilot "
+           f"([pilot.md]({'pilot.md' if (studydir / 'pilot.md').exists() else '../routing/pilot.md'})) because both "
+           "controls reached 2 points on both pilot seeds."] if spec.regime else []),
         f"- **Arms**: {', '.join(configuration_label(c) for c in configurations(spec))}.",
         f"- **Seeds**: {n_seeds} ({', '.join(map(str, spec.seeds))}). A seed fixes a run's initialization, its "
         "training data order, its router noise and its probe's shot draws; every arm runs every seed, and "
@@ -53,20 +60,22 @@ def write_report(rows, plan: Plan, analyses: dict[str, dict], studydir: Path, *,
         "- **Contrasts** (pre-declared; each a mean of within-seed differences): "
         + "; ".join(f"{c.claim}{'' if len(spec.factors) == 1 else f' at capacity {c.factor}'}"
                     for c in contrasts(spec)) + ".",
-        "- **Tests**: a two-sided paired t test per contrast (`scipy.stats.ttest_1samp` on the differences), "
-        "Holm's correction across the contrasts of each metric (upstream, 10-shot: two families). "
-        "**supported** / **contradicted**: Holm-adjusted p < 0.05 with the difference above / below 0; otherwise "
-        "**not resolved**. Intervals: 95% Student t over seeds, not adjusted.",
-        "", "### What this design can resolve", "",
-        "Minimum detectable difference (80% power, two-sided paired t over the seeds, at Holm's strictest level "
-        "0.05 / m), from the standard deviation of the within-seed differences observed in this study (pooled over "
-        "the contrasts of the metric):", "",
-        "| metric | seeds | contrasts m | sd of a within-seed difference | detectable (Holm, strictest) | "
-        "detectable (one test at 0.05) |", "|---|---|---|---|---|---|",
+        "- **Tests** (upstream accuracy), in two stages: stage 1, the two controls, each a two-sided paired t test "
+        "(`scipy.stats.ttest_1samp` on the within-seed differences), Holm over the 2; stage 2, only if both "
+        "controls are supported, the paper's findings (ii) and (iii), Holm over them. **supported** / "
+        "**contradicted**: Holm-adjusted p < 0.05 with the difference above / below 0; otherwise **not "
+        "resolved**. Sinkhorn vs Softmax Token Choice, the Figure 3 ablation, the hash arm and every 10-shot "
+        "difference are descriptive: an interval, no test. Intervals: 95% Student t over seeds, not adjusted. "
+        "A diverged run is excluded, and named, by the rule fixed before the runs: its loss turned non-finite.",
+        "", "### What this design can resolve, per contrast", "",
+        "Exact minimum detectable difference (80% power, two-sided paired t over the seeds at Holm's strictest "
+        "level 0.05 / m of the contrast's family, noncentral t), from the sd of that contrast's within-seed "
+        "differences in this study:", "",
+        "| contrast | stage | seeds | sd (pts) | m | detectable (pts) |", "|---|---|---|---|---|---|",
     ]  # fmt: skip
-    for metric, a in analyses.items():
-        lines.append(f"| {METRIC_LABELS[metric]} | {a['n']} | {a['m']} | {_pts(a['sd'])} | **{_pts(a['mdd'])}** | "
-                     f"{_pts(a['mdd_single'])} |")  # fmt: skip
+    for f in up["contrasts"]:
+        lines.append(f"| {_short(f['contrast'])} | {_stage(f['stage'])} | {f['n']} | {_pts(f['sd'])} | {f['m']} | "
+                     f"**{_pts(f['mdd'])}** |")  # fmt: skip
     late = [c for c in configurations(spec) if any(not r["convergence_gain"] < CONVERGENCE_POINTS / 100
                                                    for r in finished(rows, c))]  # fmt: skip
     if late:
@@ -84,8 +93,7 @@ def write_report(rows, plan: Plan, analyses: dict[str, dict], studydir: Path, *,
 
     # Controls first: they say whether the rest can mean anything.
     lines += ["## Controls: can this task rank routers?", ""]
-    control_rows = [f for f in analyses["test_accuracy"]["contrasts"] if f["contrast"].key in ("moe-dense",
-                                                                                             "learned-random")]
+    control_rows = [f for f in up["contrasts"] if f["stage"] == 1]
     if not control_rows:
         lines += ["This study ran without controls (`--no-controls`): nothing here shows that routing matters on "
                   "this task, so the findings below cannot be read as a ranking of routers.", ""]  # fmt: skip
@@ -94,9 +102,9 @@ def write_report(rows, plan: Plan, analyses: dict[str, dict], studydir: Path, *,
         failing = [f["contrast"].claim.split(" (")[0] for f in control_rows if "supported" not in f["verdict"]]
         if failing:
             lines += ["", f"**This task cannot rank routers at this design's resolution**: not shown on upstream "
-                      f"accuracy: {'; '.join(failing)}. Where MoE does not beat a dense model of the same per-token "
-                      "compute, or learned routing does not beat a fixed random one, differences between routers "
-                      "measure something other than routing quality; read the findings below as descriptive.", ""]
+                      f"accuracy: {'; '.join(failing)}. Where MoE does not beat a dense model of one expert's "
+                      "per-token compute, or learned routing does not beat content-agnostic routing, differences "
+                      "between routers measure something other than routing quality: stage 2 is not tested.", ""]
         else:
             lines += ["", "Both controls are clearly positive on upstream accuracy: on this task, experts and "
                       "learned routing matter, so differences between routers are differences in routing.", ""]
@@ -105,9 +113,12 @@ def write_report(rows, plan: Plan, analyses: dict[str, dict], studydir: Path, *,
               "Ours: mean within-seed difference ± 95% interval, in points. The paper's columns: the same "
               "difference computed from its tables (JFT-300M precision@1 upstream, ImageNet 10-shot), single "
               "runs without intervals.", ""]  # fmt: skip
-    finding_rows = [f for f in analyses["test_accuracy"]["contrasts"] if f["contrast"].key in ("i", "ii", "iii",
-                                                                                               "iv")]
+    finding_rows = [f for f in up["contrasts"] if f["stage"] == 2]
     lines += _contrast_table(finding_rows, analyses["fewshot_accuracy"], paper_columns=True)
+    described = [f for f in up["contrasts"] if f["stage"] == 0]
+    if described:
+        lines += ["", "### Descriptive contrasts (no test)", ""]
+        lines += _contrast_table(described, analyses["fewshot_accuracy"], paper_columns=True)
     lines += ["", "![contrasts](plots/contrasts.png)", ""]
 
     lines += ["## Accuracy per configuration (the analogue of Tables 1-8)", "",
@@ -151,7 +162,7 @@ def write_report(rows, plan: Plan, analyses: dict[str, dict], studydir: Path, *,
                      f"{_fmt([r['load_cv'] for r in got], 1, 3)} | {_fmt([r['experts_per_token'] for r in got], 1, 2)}"
                      f" | {_fmt([r['plan_error'] for r in got], 1, 3)} |")  # fmt: skip
     if diagnosis:
-        lines += ["", "### Why Sinkhorn Token Choice drops more tokens", "", *diagnosis_text(diagnosis)]
+        lines += ["", f"### {diagnosis_heading(diagnosis)}", "", *diagnosis_text(diagnosis)]
     if pictures:
         lines += ["", "## What the routers do", "",
                   f"For each router configuration (seed {spec.seeds[0]}): per-class expert usage on the test set "
@@ -177,8 +188,8 @@ def write_report(rows, plan: Plan, analyses: dict[str, dict], studydir: Path, *,
 
 def _contrast_table(upstream: list[dict], fewshot: dict, *, paper_columns: bool) -> list[str]:
     by_key = {(f["contrast"].key, f["contrast"].factor): f for f in fewshot["contrasts"]}
-    head = "| contrast | capacity | metric | ours (pts) | seeds | p | Holm p | verdict |"
-    rule = "|---|---|---|---|---|---|---|---|"
+    head = "| contrast | capacity | metric | ours (pts) | seeds | detectable (pts) | p | Holm p | verdict |"
+    rule = "|---|---|---|---|---|---|---|---|---|"
     if paper_columns:
         head += " paper B/32 | paper B/16 | paper L/16 |"
         rule += "---|---|---|"
@@ -190,12 +201,35 @@ def _contrast_table(upstream: list[dict], fewshot: dict, *, paper_columns: bool)
                 continue
             ours = "-" if g["n"] == 0 else (f"{100 * g['mean']:+.2f}" if math.isnan(g["half"]) else
                                             f"{100 * g['mean']:+.2f} ± {100 * g['half']:.2f}")  # fmt: skip
-            line = (f"| {c.claim} | {c.factor} | {METRIC_LABELS[metric]} | {ours} | {g['n']} | {_p(g['p'])} | "
-                    f"{_p(g['p_holm'])} | {g['verdict']} |")  # fmt: skip
+            line = (f"| {c.claim} | {c.factor:g} | {METRIC_LABELS[metric]} | {ours} | {g['n']} | "
+                    f"{_pts(g['mdd'])} | {_p(g['p'])} | {_p(g['p_holm'])} | {g['verdict']} |")  # fmt: skip
             if paper_columns:
                 line += " " + " | ".join(g["paper"][a] for a in paper.ARCHITECTURES) + " |"
             lines.append(line)
     return lines
+
+
+def _resolution(up: dict, pilot: dict | None) -> list[str]:
+    """The report's first lines: the detectable difference declared before the runs, and each contrast's own."""
+    lines = []
+    if pilot and pilot.get("declared"):
+        d = pilot["declared"]
+        lines.append(f"**Declared before the runs** (by the pilot, from its sd of {d['sd_points']:.2f} points): with "
+                     f"{d['seeds']} seeds this design detects a true difference of **{d['mdd_points']:.2f} points** "
+                     f"with probability {d['power']:.0%} (exact, noncentral t, Holm over {d['tests']}).  ")  # fmt: skip
+    tested = [f for f in up["contrasts"] if f["stage"]]
+    if tested:
+        lines.append("**Detectable in this study** (exact, from each contrast's own sd): "
+                     + "; ".join(f"{_short(f['contrast'])} {_pts(f['mdd'])}" for f in tested) + ".")  # fmt: skip
+    return lines
+
+
+def _short(c) -> str:
+    return c.claim.split(" (")[0]
+
+
+def _stage(stage: int) -> str:
+    return {1: "1 (control)", 2: "2 (finding)"}.get(stage, "descriptive")
 
 
 def _variants(config: Config) -> str:

@@ -24,10 +24,11 @@ from .statistics import analyse_all
 from .timing import time_steps
 
 
-def plan_study(spec: StudySpec, studydir) -> Plan:
-    """The study's runs and their configs on its schedule (``pilot.schedule``); every bad option fails here."""
+def plan_study(spec: StudySpec, studydir, *, pilot_dir=None) -> Plan:
+    """The study's runs and their configs on its schedule (``pilot.schedule``, from the pilot in ``pilot_dir``,
+    default ``studydir``); every bad option fails here."""
     spec.validate()
-    return Plan.make(spec, schedule(spec, studydir))
+    return Plan.make(spec, schedule(spec, studydir if pilot_dir is None else pilot_dir))
 
 
 def study_data(plan: Plan) -> StudyData:
@@ -46,7 +47,8 @@ def run_study(spec: StudySpec, studydir, *, progress: bool = True, command: str 
     return run_plan(plan_study(spec, studydir), studydir, progress=progress, command=command)
 
 
-def run_plan(plan: Plan, studydir, *, progress: bool = True, command: str = "") -> dict:
+def run_plan(plan: Plan, studydir, *, progress: bool = True, command: str = "", workers: int = 1,
+             pilot: dict | None = None) -> dict:  # fmt: skip
     """``run_study`` for a plan already made (the CLI makes it first, to refuse bad options before any work)."""
     spec = plan.spec
     studydir = Path(studydir)
@@ -54,7 +56,7 @@ def run_plan(plan: Plan, studydir, *, progress: bool = True, command: str = "") 
     start = time.perf_counter()
     before = sum(summary_path(run.workdir(studydir)).exists() for run in plan.runs)
     data = study_data(plan)
-    workdirs = train_runs(plan, studydir, data=data, progress=progress)
+    workdirs = train_runs(plan, studydir, data=data, progress=progress, workers=workers)
     step_seconds = time_steps(plan, studydir, data=data, progress=progress)
     rows = [result_row(run, config, workdirs[run], step_seconds[run.configuration])
             for run, config in plan.configs.items()]  # fmt: skip
@@ -67,5 +69,5 @@ def run_plan(plan: Plan, studydir, *, progress: bool = True, command: str = "") 
     wall = time.perf_counter() - start
     report = write_report(rows, plan, analyses, studydir, command=command or "train.study.run_study(...)",
                           wall_seconds=wall, trained=max(trained, 0), diagnosis=diagnosis,
-                          pictures=pics)  # fmt: skip
+                          pictures=pics, pilot=pilot, workers=workers)  # fmt: skip
     return {"csv": studydir / "results.csv", "report": report, "plots": plots, "rows": rows}
