@@ -175,6 +175,27 @@ def test_bad_image_folders_are_refused_before_any_work(tmp_path):
         D.loader.read_examples(source, np.array([files.index(str(jpeg))]), D.eval_ops(8, 3), seed=0, epoch=0)
 
 
+def test_a_cut_jpeg_in_the_test_split_is_refused_before_training(tmp_path):
+    # issue 27, fault 6: the header check passes it, and the run used to die at its first evaluation
+    import train
+    from train.presets import resolve
+
+    write_folder(tmp_path / "data" / "train", per_class=4)
+    write_folder(tmp_path / "data" / "test", per_class=2)
+    jpeg = tmp_path / "data" / "test" / "c1" / "0.jpg"
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (96, 96, 3), dtype=np.uint8)).save(jpeg)
+    jpeg.write_bytes(jpeg.read_bytes()[: 2 * jpeg.stat().st_size // 3])
+    overrides = ("data.name=imagefolder", f"data.path={tmp_path / 'data'}", "data.channels=3", "model.channels=3",
+                 "model.num_classes=3", "fewshot_shots=1", "fewshot_draws=1")  # fmt: skip
+    config = resolve("tiny", steps=2, batch_size=4, overrides=overrides)
+    with pytest.raises(ValueError, match=rf"^cannot read image {jpeg}: OSError: image file is truncated") as error:
+        train.train_and_evaluate(config, tmp_path / "run", progress=False)
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
 def test_train_and_test_sub_folders_are_the_splits(tmp_path):
     write_folder(tmp_path / "train", per_class=4)
     write_folder(tmp_path / "val", per_class=2)

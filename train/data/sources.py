@@ -118,20 +118,36 @@ def _scan_classes(path: str, classes: Sequence[str] | None = None) -> tuple[tupl
     return tuple(classes), files, np.array(labels, np.int32)
 
 
-def check_image_file(file: str) -> None:
-    """Stop with a ValueError naming ``file`` unless Pillow recognizes it as an image and its structure checks out.
+def check_image_file(file: str, *, decode: bool = False) -> None:
+    """Stop with a ValueError naming ``file`` unless Pillow recognizes it as an image and its structure checks out;
+    with ``decode``, unless its pixels decode in full.
 
-    Choice: reading the header and ``verify()`` (PNG chunk CRCs, a GIF's frames...) without decoding the pixels:
-    cheap enough for a million files before training starts. A JPEG whose data is cut short passes this check
-    and stops the run when it is decoded, naming the file; ``python -m train.prepare`` decodes every image fully.
+    Choice: without ``decode``, reading the header and ``verify()`` (PNG chunk CRCs, a GIF's frames...) without
+    decoding the pixels: cheap enough for a million training files before training starts. A JPEG whose data is
+    cut short passes it; ``decode`` finds it (``read_image_folder`` decodes the test split that way, the training
+    split is decoded when it is read; ``python -m train.prepare`` decodes every image fully).
     """
     from PIL import Image
 
     try:
         with Image.open(file) as image:
-            image.verify()
+            if decode:
+                image.load()  # a truncated file raises OSError here (unless ImageFile.LOAD_TRUNCATED_IMAGES)
+            else:
+                image.verify()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise ValueError(f"cannot read image {file}: {type(error).__name__}: {error}") from error
+
+
+def decode_all(files: Sequence[str], workers: int | None = None) -> None:
+    """``check_image_file(file, decode=True)`` for every file, in a thread pool (Pillow's decoders release the
+    GIL); the first unreadable file in ``files``' order is the ValueError raised."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:
+        for _ in pool.map(lambda f: check_image_file(f, decode=True), files):
+            pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,7 +163,8 @@ class ImageFolder:
     layout: str  # "split" (train/ and test/ or val/ sub-folders) or "stratified" (by test_fraction and seed)
 
 
-def read_image_folder(path, *, test_fraction: float = 0.25, seed: int = 0, verify: bool = True) -> ImageFolder:
+def read_image_folder(path, *, test_fraction: float = 0.25, seed: int = 0, verify: bool = True,
+                      decode_test: bool = False) -> ImageFolder:  # fmt: skip
     """Scan an image folder: one sub-folder per class (sorted names are labels 0, 1, ...), image files in each.
 
     Two layouts. If ``path`` holds ``train/`` and one of ``test/``, ``val/``, ``validation/``, each with the same
@@ -155,7 +172,9 @@ def read_image_folder(path, *, test_fraction: float = 0.25, seed: int = 0, verif
     are ``path``'s sub-folders and each class gives ``round(test_fraction * n)`` (at least 1, at most n - 1) of its
     files to the test split, drawn from ``seed`` (the split ``train.data.load("imagefolder")`` has always made).
     Files whose extension is not in ``IMAGE_EXTENSIONS`` and hidden entries are ignored. With ``verify`` every
-    image file is checked (``check_image_file``): an unreadable file stops the scan, it is never skipped.
+    image file is checked (``check_image_file``): an unreadable file stops the scan, it is never skipped. With
+    ``decode_test`` the test split's images are decoded in full as well (``decode_all``): a run evaluates the
+    test split only after training, so a file that would stop its first evaluation is refused now (issue 27).
     """
     path = os.fspath(path)
     if not os.path.isdir(path):
@@ -174,6 +193,11 @@ def read_image_folder(path, *, test_fraction: float = 0.25, seed: int = 0, verif
     if verify:
         for file in (*train_files, *test_files):
             check_image_file(file)
+    if decode_test:
+        # Choice: the test split, fully decoded, every time a streamed run opens it (the cost of one evaluation's
+        # decoding); the training split is not (a cut training file stops the step that reads it, after the last
+        # save, and names the file; decoding all of ImageNet's training files at every start would take hours).
+        decode_all(test_files)
     return ImageFolder(path, classes, tuple(train_files), train_labels, tuple(test_files), test_labels, layout)
 
 

@@ -97,15 +97,16 @@ def open_streaming(name: str, path, *, image_size: int, channels: int, augment: 
     """Open image folder or shard directory ``path`` (``name`` "imagefolder" or "arrayrecord") for streaming.
 
     Everything is checked here, before any training work: the folder's classes and files (each image's header and
-    structure), or the manifest against its shards (counts, SHA-256). The few-shot probe uses the same classes:
-    a pool of ``fewshot_per_class`` train images per class (``fewshot_pool``) and the test split.
+    structure; the test split's images decoded in full), or the manifest against its shards (counts, SHA-256). The
+    few-shot probe uses the same classes: a pool of ``fewshot_per_class`` train images per class (``fewshot_pool``)
+    and the test split.
     """
     if name not in STREAMING:
         raise ValueError(f"unknown streaming dataset {name!r}; valid: {', '.join(STREAMING)}")
     if not path:
         raise ValueError(f"data.path must name a local directory for the {name} dataset (--set data.path=DIR)")
     if name == "imagefolder":
-        folder = read_image_folder(path, test_fraction=test_fraction, seed=seed)
+        folder = read_image_folder(path, test_fraction=test_fraction, seed=seed, decode_test=True)
         train = ImageFolderSource(folder.train_files, folder.train_labels)
         test = ImageFolderSource(folder.test_files, folder.test_labels)
         class_names, info = folder.class_names, {"path": str(path), "layout": folder.layout}
