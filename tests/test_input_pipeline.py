@@ -145,6 +145,30 @@ def test_a_manifest_that_does_not_match_its_shards_is_refused(folder, tmp_path):
         D.read_manifest(tmp_path)
 
 
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda m: m.pop("splits"), r"missing key 'splits' \(expected an object of splits\)"),
+    (lambda m: m["splits"]["train"].pop("labels"), r"missing key 'splits.train.labels'"),
+    (lambda m: m["splits"]["test"]["shards"][0].pop("sha256"), r"missing key 'splits.test.shards\[0\].sha256'"),
+    (lambda m: m["splits"]["train"]["labels"].pop("sha256"), r"missing key 'splits.train.labels.sha256'"),
+    (lambda m: m["splits"].update(train=None), r"splits.train is null, expected an object with count, shards"),
+    (lambda m: m.update(class_names=None), r"class_names is null, expected a list of class names"),
+])  # fmt: skip
+def test_a_manifest_missing_a_key_is_one_line_naming_it(folder, tmp_path_factory, edit, message):
+    out = tmp_path_factory.getbasetemp() / "shards-for-keys"
+    if not out.exists():
+        write_shards(folder, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    edit(manifest)
+    broken = tmp_path_factory.mktemp("edited")
+    for f in out.iterdir():
+        os.symlink(f, broken / f.name)
+    (broken / "manifest.json").unlink()
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=rf"^{broken / 'manifest.json'}: {message}") as error:
+        D.read_manifest(broken)
+    assert "\n" not in str(error.value)
+
+
 def test_bad_image_folders_are_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match=r"image folder .*nowhere does not exist"):
         D.read_image_folder(tmp_path / "nowhere")

@@ -251,8 +251,10 @@ def read_manifest(path, *, verify: bool = True) -> dict:
             manifest = json.loads(f.read())
     except json.JSONDecodeError as error:
         raise ValueError(f"{file} is not valid JSON: {error}") from error
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise ValueError(f"{file}: format {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}")
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else manifest
+        raise ValueError(f"{file}: format {found!r}, expected {MANIFEST_FORMAT!r}")
+    _check_manifest_keys(manifest, file)
     for split, entry in manifest["splits"].items():
         total = 0
         for shard in entry["shards"]:
@@ -284,6 +286,36 @@ def read_manifest(path, *, verify: bool = True) -> dict:
         if labels.size and (labels.min() < 0 or labels.max() >= len(manifest["class_names"])):
             raise ValueError(f"{labels_file}: labels must lie in [0, {len(manifest['class_names'])})")
     return manifest
+
+
+def _check_manifest_keys(manifest: dict, file: str) -> None:
+    """Every key ``read_manifest`` reads is there with the right kind of value: a ValueError naming the manifest and
+    the key (``splits.train.labels.sha256``) otherwise, never a KeyError or TypeError."""
+
+    def need(parent: dict, key: str, where: str, kind: type | tuple[type, ...], what: str):
+        name = f"{where}.{key}" if where else key
+        if key not in parent:
+            raise ValueError(f"{file}: missing key {name!r} (expected {what}); rewrite it with python -m train.prepare")
+        value = parent[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ValueError(f"{file}: {name} is {json.dumps(value)}, expected {what}; rewrite it with python -m "
+                             "train.prepare")  # fmt: skip
+        return value
+
+    need(manifest, "class_names", "", list, "a list of class names")
+    for split in need(manifest, "splits", "", dict, "an object of splits"):
+        entry = need(manifest["splits"], split, "splits", dict, "an object with count, shards and labels")
+        need(entry, "count", f"splits.{split}", int, "an integer")
+        for k, shard in enumerate(need(entry, "shards", f"splits.{split}", list, "a list of shards")):
+            if not isinstance(shard, dict):
+                raise ValueError(f"{file}: splits.{split}.shards[{k}] is {json.dumps(shard)}, expected an object with "
+                                 "file, count and sha256")  # fmt: skip
+            for key, kind, what in (("file", str, "a file name"), ("count", int, "an integer"),
+                                    ("sha256", str, "a hex digest")):  # fmt: skip
+                need(shard, key, f"splits.{split}.shards[{k}]", kind, what)
+        labels = need(entry, "labels", f"splits.{split}", dict, "an object with file and sha256")
+        need(labels, "file", f"splits.{split}.labels", str, "a file name")
+        need(labels, "sha256", f"splits.{split}.labels", str, "a hex digest")
 
 
 @dataclasses.dataclass(eq=False)
