@@ -169,6 +169,29 @@ def test_a_manifest_missing_a_key_is_one_line_naming_it(folder, tmp_path_factory
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize("existing", [False, True])
+def test_prepare_on_a_full_disk_is_one_line_and_removes_what_it_wrote(folder, tmp_path, monkeypatch, capsys, existing):
+    import errno
+
+    import train.prepare
+
+    out = tmp_path / "out"
+    if existing:  # an empty directory the user made: it stays, emptied of what prepare wrote
+        out.mkdir()
+
+    def full(file, *args, **kwargs):  # the train split's shard is written; its labels file meets a full disk
+        raise OSError(errno.ENOSPC, "No space left on device", str(file))
+
+    monkeypatch.setattr(train.prepare.np, "save", full)
+    with pytest.raises(SystemExit):
+        train.prepare.main(["--from", str(folder), "--to", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (f"python -m train.prepare: error: writing shards failed at {out / 'train-labels.npy'}: No space "
+                   f"left on device; the partial output was removed ("
+                   + (f"2 file(s) in {out})" if existing else f"the directory {out})"))  # fmt: skip
+    assert (list(out.iterdir()) == []) if existing else not out.exists()
+
+
 def test_bad_image_folders_are_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match=r"image folder .*nowhere does not exist"):
         D.read_image_folder(tmp_path / "nowhere")
