@@ -381,6 +381,24 @@ def test_a_second_training_is_refused_naming_the_holder(copy, tiny_data):
         held.release()
 
 
+def test_a_read_only_workdir_is_one_line(copy, tiny_data, monkeypatch):
+    import errno
+
+    workdir, config = copy
+
+    def read_only(file, mode="r", *args, **kwargs):  # a read-only mount (root ignores chmod: simulated here)
+        if any(c in mode for c in "wax+"):
+            raise OSError(errno.EROFS, "Read-only file system", str(file))
+        return open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(files, "open", read_only, raising=False)
+    before = sorted(p.name for p in workdir.iterdir())
+    with pytest.raises(ValueError, match=rf"^--workdir {re.escape(str(workdir))}: cannot write in it \(Read-only file "
+                       r"system\)$"):  # fmt: skip
+        train.train_and_evaluate(config, workdir, progress=False, dataset=tiny_data)
+    assert sorted(p.name for p in workdir.iterdir()) == before
+
+
 def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path, capsys):
     (tmp_path / files.LOCK).write_text(json.dumps({"pid": 2**22 + 7, "host": "node-3", "since": "yesterday"}))
     lock = files.WorkdirLock(tmp_path)
