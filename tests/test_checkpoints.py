@@ -220,6 +220,22 @@ def test_evaluate_and_predict_clis(two_checkpoints, tmp_path, capsys):
     assert f"error: {tmp_path / 'notes.txt'}: not a readable image" in capsys.readouterr().err
 
 
+def test_evaluating_a_checkpoint_of_another_model_is_one_line(copy):
+    # config.json edited (or copied from another run): the checkpoints hold another model than it describes
+    workdir, _ = copy
+    saved = json.loads((workdir / "config.json").read_text())
+    saved["model"]["mlp_dim"] = 48
+    (workdir / "config.json").write_text(json.dumps(saved))
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    result = subprocess.run([sys.executable, "-m", "train.evaluate", "--workdir", str(workdir), "--no-probe"],
+                            capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [  # one line: no traceback, no asyncio noise at exit
+        f"error: checkpoint {workdir / 'checkpoints' / '2'} holds a model of another config than the one given (its "
+        "config.json -> given: model.mlp_dim: 64 -> 48); evaluate it with the config it was trained with"
+    ], result.stderr
+
+
 # ------------------------------------------------------------------------------------- gradient accumulation
 
 
