@@ -252,7 +252,7 @@ def test_train_and_test_sub_folders_are_the_splits(tmp_path):
     assert all(os.sep + "val" + os.sep in f for f in folder.test_files)
 
 
-def test_training_on_an_image_folder_end_to_end_and_resuming_exactly(folder, tmp_path):
+def test_training_on_an_image_folder_end_to_end_and_resuming_exactly(folder, tmp_path, monkeypatch):
     import train
     from train import checkpoint
     from train.input_pipeline import load_data
@@ -276,6 +276,20 @@ def test_training_on_an_image_folder_end_to_end_and_resuming_exactly(folder, tmp
     for a, b in zip(jax.tree.leaves(checkpoint.restore(cut, like)), jax.tree.leaves(checkpoint.restore(straight, like)),
                     strict=True):  # weights and optimizer state, every array bit for bit
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # predicting on a streamed run reads no image of its data (it used to scan and verify the whole folder)
+    from train import predict
+
+    jpeg = next(f for f in D.read_image_folder(folder).test_files if f.endswith(".jpg"))
+
+    def opened(*args, **kwargs):
+        raise AssertionError("train.predict opened the run's data")
+
+    monkeypatch.setattr(D.sources, "read_image_folder", opened)
+    monkeypatch.setattr(D.sources, "check_image_file", opened)
+    monkeypatch.setattr(D.splits, "read_image_folder", opened)
+    [top] = predict.predict(tmp_path / "cut", [jpeg], top=3)
+    assert len(top) == 3 and {name for _, name, _ in top} <= {"c0", "c1", "c2"}
+    monkeypatch.undo()
     # the routing plots of a streamed run decode a bounded part of its test split: the first 4 of evaluation order
     from train.visualize import visualize_run
 

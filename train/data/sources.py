@@ -150,6 +150,17 @@ def decode_all(files: Sequence[str], workers: int | None = None) -> None:
             pass
 
 
+def folder_class_names(path) -> tuple[str, ...]:
+    """The class names ``read_image_folder(path)`` gives, from the directory listing alone (no file is opened)."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise ValueError(f"image folder {path} does not exist (expected a directory of class sub-folders)")
+    split = os.path.isdir(os.path.join(path, TRAIN_DIR)) and any(
+        os.path.isdir(os.path.join(path, d)) for d in TEST_DIRS
+    )
+    return tuple(_class_folders(os.path.join(path, TRAIN_DIR) if split else path))
+
+
 @dataclasses.dataclass(frozen=True)
 class ImageFolder:
     """What an image folder holds: class names and, per split, the files and their labels."""

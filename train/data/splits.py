@@ -10,12 +10,22 @@ What it may import: numpy and this package.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 
 import numpy as np
 
 from . import ops
 from .arrays import FEWSHOT_STREAM, Dataset
-from .sources import ArrayRecordSource, ImageFolderSource, InMemorySource, read_image_folder, read_manifest
+from .sources import (
+    MANIFEST,
+    ArrayRecordSource,
+    ImageFolderSource,
+    InMemorySource,
+    folder_class_names,
+    read_image_folder,
+    read_manifest,
+)
 
 STREAMING = ("imagefolder", "arrayrecord")
 
@@ -125,6 +135,22 @@ def open_streaming(name: str, path, *, image_size: int, channels: int, augment: 
         train_ops=ops.train_ops(image_size, channels, augment=augment), eval_ops=ops.eval_ops(image_size, channels),
         info=info,
     )  # fmt: skip
+
+
+def streaming_class_names(name: str, path) -> tuple[str, ...]:
+    """The class names ``open_streaming(name, path)`` gives, from the folder's listing or the manifest alone: no
+    image or shard is read or verified (what ``train.predict`` needs of a streamed run's data)."""
+    if name not in STREAMING:
+        raise ValueError(f"unknown streaming dataset {name!r}; valid: {', '.join(STREAMING)}")
+    if name == "imagefolder":
+        return folder_class_names(path)
+    file = os.path.join(os.fspath(path), MANIFEST)
+    try:
+        with open(file) as f:
+            names = json.load(f)["class_names"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{file}: cannot read its class_names ({type(error).__name__}: {error})") from None
+    return tuple(names)
 
 
 def test_arrays(splits: Splits, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
