@@ -192,6 +192,19 @@ def test_prepare_on_a_full_disk_is_one_line_and_removes_what_it_wrote(folder, tm
     assert (list(out.iterdir()) == []) if existing else not out.exists()
 
 
+def test_more_workers_than_cores_is_a_warning_naming_the_count(folder, capsys):
+    from train.data.loader import available_cores
+
+    source = D.ImageFolderSource(*(lambda f: (f.train_files, f.train_labels))(D.read_image_folder(folder)))
+    cores = available_cores()
+    D.TrainLoader(source, 4, 0, D.eval_ops(8, 3), workers=cores)
+    assert capsys.readouterr().err == ""
+    D.TrainLoader(source, 4, 0, D.eval_ops(8, 3), workers=cores + 1)
+    assert capsys.readouterr().err == (f"warning: data.workers = {cores + 1} is more than the {cores} core(s) this "
+                                       "process may use: the workers compete for them and reading slows down (set "
+                                       f"--set data.workers={cores} or fewer)\n")  # fmt: skip
+
+
 def test_bad_image_folders_are_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match=r"image folder .*nowhere does not exist"):
         D.read_image_folder(tmp_path / "nowhere")
