@@ -1,9 +1,12 @@
 """Two processes on this machine, 4 simulated CPU devices each, train one run on one 8-device mesh
 (``python -m train --coordinator ... --num-processes 2 --process-id I``): the same losses as one process with
-8 devices, and a checkpoint the two wrote loads in this (one-device) process."""
+8 devices, and a checkpoint the two wrote loads in this (one-device) process. SIGTERM to one of the two stops
+both after the same step (JAX's preemption sync point), and the run resumes on a 2 x 4 mesh as one process."""
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -71,3 +74,75 @@ def test_two_processes_train_as_one_with_eight_devices(tmp_path):
     for a, b in zip(jax.tree.leaves(eqx.filter(two, eqx.is_array)), jax.tree.leaves(eqx.filter(single, eqx.is_array)),
                     strict=True):  # fmt: skip
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+def _start(workdir, steps, options, devices, process=None, port=None):
+    sets = [a for o in options for a in ("--set", o)]
+    command = [sys.executable, "-m", "train", "--preset", "tiny", "--steps", str(steps), "--batch-size", "16",
+               "--workdir", str(workdir), "--no-progress", *sets]  # fmt: skip
+    if process is not None:
+        command += ["--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(process)]
+    return subprocess.Popen(command, env=_env(devices), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(procs, timeout=300):
+    outputs = []
+    for proc in procs:
+        try:
+            outputs.append(proc.communicate(timeout=timeout))
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            raise
+    return [(proc.returncode, err) for proc, (_, err) in zip(procs, outputs, strict=True)]
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_and_a_2x4_mesh_resumes_as_one_process(tmp_path):
+    """Two processes on a 2 x 4 (data x expert) mesh, 4 devices each. SIGTERM to process 1 alone: JAX's preemption
+    sync point stops both after the same step, which both save, and both exit 75 (no per-step collective decides
+    it). The same commands resume and end with the weights and losses of one process on 8 devices."""
+    import time
+
+    from train import checkpoint
+
+    steps = 40
+    options = ("log_every=1", "eval_every=100000", "checkpoint_every=100000", "fewshot_draws=1", "mesh.data=2",
+               "mesh.expert=4")  # fmt: skip
+    one = _start(tmp_path / "one", steps, options, 8)
+    port = _free_port()
+    two = [_start(tmp_path / "two", steps, options, 4, i, port) for i in range(2)]
+    # Signalled once the workdir is locked (JAX's notifier is installed; the first step is still compiling): the
+    # sync point, the largest step of the two + 1, is set within a second (JAX's notifier polls), long before
+    # the end. A signal to a process that has not yet initialized JAX's distributed runtime kills it.
+    deadline = time.monotonic() + 240
+    while not (tmp_path / "two" / "lock").exists():
+        assert time.monotonic() < deadline and all(p.poll() is None for p in two), [p.poll() for p in two]
+        time.sleep(0.05)
+    two[1].send_signal(signal.SIGTERM)
+    (status0, err0), (status1, err1) = _finish(two)
+    assert (status0, status1) == (75, 75), err0 + err1
+    stopped = {int(re.search(r"stopped after step (\d+)", err).group(1)) for err in (err0, err1)}
+    assert len(stopped) == 1, stopped  # both saved the same step
+    [step] = stopped
+    assert 1 <= step < steps and checkpoint.latest(tmp_path / "two")["step"] == step
+    assert len(_losses(tmp_path / "two")) == step
+    before = _losses_lines(tmp_path / "two")
+    port = _free_port()
+    two = [_start(tmp_path / "two", steps, options, 4, i, port) for i in range(2)]
+    results = _finish([*two, one])
+    for status, err in results:
+        assert status == 0, err
+    # resumed, not restarted: the lines of the first start are kept as written (their measured images_per_second)
+    assert _losses_lines(tmp_path / "two")[:step] == before
+    np.testing.assert_array_equal(_losses(tmp_path / "two"), _losses(tmp_path / "one"))
+    two_model, _ = train.load_model(tmp_path / "two")
+    one_model, _ = train.load_model(tmp_path / "one")
+    import equinox as eqx
+
+    for a, b in zip(jax.tree.leaves(eqx.filter(two_model, eqx.is_array)),
+                    jax.tree.leaves(eqx.filter(one_model, eqx.is_array)), strict=True):  # fmt: skip
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _losses_lines(workdir):
+    return (workdir / "metrics.jsonl").read_text().splitlines()
