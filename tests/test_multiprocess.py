@@ -97,52 +97,64 @@ def _finish(procs, timeout=300):
     return [(proc.returncode, err) for proc, (_, err) in zip(procs, outputs, strict=True)]
 
 
-def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_and_a_2x4_mesh_resumes_as_one_process(tmp_path):
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_and_a_2x4_mesh_trains_as_one_process(tmp_path):
     """Two processes on a 2 x 4 (data x expert) mesh, 4 devices each. SIGTERM to process 1 alone: JAX's preemption
     sync point stops both after the same step, which both save, and both exit 75 (no per-step collective decides
-    it). The same commands resume and end with the weights and losses of one process on 8 devices."""
+    it); the same commands resume and end bit for bit as two processes never interrupted. And two processes on
+    the 2 x 4 mesh train as one process on 8 devices (to float summation order)."""
     import time
 
+    import equinox as eqx
+
     from train import checkpoint
+    from train.presets import resolve
+    from train.state import init_state
 
     steps = 40
     options = ("log_every=1", "eval_every=100000", "checkpoint_every=100000", "fewshot_draws=1", "mesh.data=2",
                "mesh.expert=4")  # fmt: skip
     one = _start(tmp_path / "one", steps, options, 8)
-    port = _free_port()
-    two = [_start(tmp_path / "two", steps, options, 4, i, port) for i in range(2)]
+    first = _free_port()
+    ports = first, next(p for p in iter(_free_port, None) if p != first)
+    straight = [_start(tmp_path / "straight", steps, options, 4, i, ports[0]) for i in range(2)]
+    cut = [_start(tmp_path / "cut", steps, options, 4, i, ports[1]) for i in range(2)]
     # Signalled once the workdir is locked (JAX's notifier is installed; the first step is still compiling): the
     # sync point, the largest step of the two + 1, is set within a second (JAX's notifier polls), long before
-    # the end. A signal to a process that has not yet initialized JAX's distributed runtime kills it.
-    deadline = time.monotonic() + 240
-    while not (tmp_path / "two" / "lock").exists():
-        assert time.monotonic() < deadline and all(p.poll() is None for p in two), [p.poll() for p in two]
+    # the end. (A signal to a process that has not yet initialized JAX's distributed runtime kills it.)
+    deadline = time.monotonic() + 600
+    while not (tmp_path / "cut" / "lock").exists():
+        assert time.monotonic() < deadline and all(p.poll() is None for p in cut), [p.poll() for p in cut]
         time.sleep(0.05)
-    two[1].send_signal(signal.SIGTERM)
-    (status0, err0), (status1, err1) = _finish(two)
+    cut[1].send_signal(signal.SIGTERM)
+    (status0, err0), (status1, err1) = _finish(cut, timeout=900)
     assert (status0, status1) == (75, 75), err0 + err1
     stopped = {int(re.search(r"stopped after step (\d+)", err).group(1)) for err in (err0, err1)}
     assert len(stopped) == 1, stopped  # both saved the same step
     [step] = stopped
-    assert 1 <= step < steps and checkpoint.latest(tmp_path / "two")["step"] == step
-    assert len(_losses(tmp_path / "two")) == step
-    before = _losses_lines(tmp_path / "two")
-    port = _free_port()
-    two = [_start(tmp_path / "two", steps, options, 4, i, port) for i in range(2)]
-    results = _finish([*two, one])
-    for status, err in results:
+    assert 1 <= step < steps and checkpoint.latest(tmp_path / "cut")["step"] == step
+    before = _lines(tmp_path / "cut")
+    assert len(before) == step
+    port = next(p for p in iter(_free_port, None) if p != ports[0])  # the straight run's coordinator may be up
+    cut = [_start(tmp_path / "cut", steps, options, 4, i, port) for i in range(2)]
+    for status, err in _finish([*cut, *straight, one], timeout=900):
         assert status == 0, err
     # resumed, not restarted: the lines of the first start are kept as written (their measured images_per_second)
-    assert _losses_lines(tmp_path / "two")[:step] == before
-    np.testing.assert_array_equal(_losses(tmp_path / "two"), _losses(tmp_path / "one"))
-    two_model, _ = train.load_model(tmp_path / "two")
-    one_model, _ = train.load_model(tmp_path / "one")
-    import equinox as eqx
-
+    assert _lines(tmp_path / "cut")[:step] == before
+    config = resolve("tiny", steps=steps, batch_size=16, overrides=options)
+    like = tuple(init_state(config)[:2])
+    resumed, uninterrupted = (checkpoint.restore(checkpoint.latest(tmp_path / d), like) for d in ("cut", "straight"))
+    for a, b in zip(jax.tree.leaves(eqx.filter(resumed, eqx.is_array)),
+                    jax.tree.leaves(eqx.filter(uninterrupted, eqx.is_array)), strict=True):  # fmt: skip
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # weights and optimizer state, bit for bit
+    assert _losses(tmp_path / "cut") == _losses(tmp_path / "straight")
+    # two processes on the 2 x 4 mesh train as one on 8 devices: the same losses and weights up to the order of
+    # float sums (Adam magnifies it in parameters whose gradients are near zero: 2e-4 measured after 40 steps)
+    np.testing.assert_allclose(_losses(tmp_path / "straight"), _losses(tmp_path / "one"), rtol=1e-5)
+    two_model, one_model = train.load_model(tmp_path / "straight")[0], train.load_model(tmp_path / "one")[0]
     for a, b in zip(jax.tree.leaves(eqx.filter(two_model, eqx.is_array)),
                     jax.tree.leaves(eqx.filter(one_model, eqx.is_array)), strict=True):  # fmt: skip
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-3)
 
 
-def _losses_lines(workdir):
+def _lines(workdir):
     return (workdir / "metrics.jsonl").read_text().splitlines()
