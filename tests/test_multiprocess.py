@@ -158,3 +158,24 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_and_a_2x4_mesh_t
 
 def _lines(workdir):
     return (workdir / "metrics.jsonl").read_text().splitlines()
+
+
+def test_with_several_processes_the_step_check_is_the_preemption_sync_point_not_a_collective(monkeypatch):
+    """The per-step check asks JAX's preemption sync point (a local check); the all-gather is only for the checks
+    outside the training loop. (The two-process run above shows the sync point at work.)"""
+    from jax.experimental import multihost_utils
+
+    from train import preemption
+
+    def collective(*args, **kwargs):
+        raise AssertionError("a collective in the per-step check")
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(preemption, "_sync_manager", lambda: object(), raising=False)
+    monkeypatch.setattr(multihost_utils, "process_allgather", collective)
+    monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point", lambda step: step == 3)
+    with preemption.SignalGuard() as guard:
+        assert signal.getsignal(signal.SIGTERM) is not guard._handle  # SIGTERM is left to JAX's notifier
+        assert [guard.should_stop(step) for step in (1, 2, 3)] == [False, False, True]
+        monkeypatch.setattr(multihost_utils, "process_allgather", lambda x: np.array([x, 1]))
+        assert guard.should_stop()  # outside the loop: one all-gather of what each process saw
