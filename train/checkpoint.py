@@ -346,6 +346,12 @@ class Checkpoints:
 
             multihost_utils.sync_global_devices("incomplete checkpoints moved")
         self.manager = ocp.CheckpointManager(self.directory, item_names=ITEMS, options=options)
+        # Choice: the training loop is the one caller of JAX's preemption sync point (``train.preemption``), which
+        # must see each process's steps in order. Orbax asks it too (for a log line and a statistic), from its
+        # finalize thread with the step being saved: a step behind the loop's, which would move this process's
+        # counter back while the processes agree on a stop step. Saves here are forced, so orbax's answer
+        # decides nothing.
+        self.manager.reached_preemption = lambda step: False
         self._pending: int | None = None
         self._recorder: threading.Thread | None = None
         self._error: BaseException | None = None
