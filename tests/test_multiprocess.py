@@ -134,9 +134,13 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_and_a_2x4_mesh_t
     assert 1 <= step < steps and checkpoint.latest(tmp_path / "cut")["step"] == step
     before = _lines(tmp_path / "cut")
     assert len(before) == step
-    port = next(p for p in iter(_free_port, None) if p != ports[0])  # the straight run's coordinator may be up
+    for status, err in _finish([*straight, one], timeout=900):
+        assert status == 0, err
+    # resumed alone: with five processes on a loaded machine, process 0's end of run (summary, plots) outlasted
+    # the 300 s shutdown barrier of jax.distributed once
+    port = _free_port()
     cut = [_start(tmp_path / "cut", steps, options, 4, i, port) for i in range(2)]
-    for status, err in _finish([*cut, *straight, one], timeout=900):
+    for status, err in _finish(cut, timeout=900):
         assert status == 0, err
     # resumed, not restarted: the lines of the first start are kept as written (their measured images_per_second)
     assert _lines(tmp_path / "cut")[:step] == before
