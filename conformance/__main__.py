@@ -11,7 +11,7 @@ from tqdm import tqdm
 from reference import ROUTERS
 
 from ._coverage import declared, describe, require_library
-from ._runner import PROFILES, failure_report, load, run, table
+from ._runner import PROFILES, TIME_LIMITS, failure_report, load, run, table
 
 
 def main(argv=None) -> int:
@@ -32,6 +32,11 @@ def main(argv=None) -> int:
     parser.add_argument(
         "-x", "--exitfirst", action="store_true",
         help="stop at the first failing property (as pytest's -x); the report says how many checks did not run",
+    )  # fmt: skip
+    parser.add_argument(
+        "--time-limit", type=float, default=None, metavar="SECONDS",
+        help="each check fails after this many seconds, naming its property (an implementation that hangs); "
+        "default per profile: " + ", ".join(f"{k} {v:g}" for k, v in TIME_LIMITS.items()) + "; 0: none",
     )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -61,7 +66,7 @@ def main(argv=None) -> int:
     try:
         outcomes = run(
             impl, args.ref, profile=args.profile, routers=args.router, properties=args.property,
-            dtype=dtype, fail_fast=args.exitfirst, progress=progress,
+            dtype=dtype, fail_fast=args.exitfirst, progress=progress, limit=args.time_limit,
         )  # fmt: skip
     except ValueError as err:
         bar.close()

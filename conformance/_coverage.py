@@ -71,6 +71,18 @@ def describe(covers) -> str:
     return ", ".join(name if r is None else f"{name} ({', '.join(r)})" for name, r in covers.items())
 
 
+def check_api(impl) -> None:
+    """An implementation that declares no ``COVERS`` claims the whole API: a ValueError lists every name of it the
+    module lacks (an adapter's ``COVERS`` says what it implements; the rest is delegated)."""
+    if declared(impl) is not None:
+        return
+    missing = [name for name in API if not hasattr(impl, name)]
+    if missing:
+        raise ValueError(f"{impl.__name__} declares no COVERS (so it claims the whole API) but lacks {len(missing)} "
+                         f"of its {len(API)} names: {', '.join(missing)}; implement them, or declare COVERS as an "
+                         "adapter does (conformance/_coverage.py)")  # fmt: skip
+
+
 def require_library(impl) -> str | None:
     """An adapter's library must be installed before any work: returns its installed version (None for an
     implementation that names no ``LIBRARY``), or raises ValueError saying how to install it."""

@@ -17,7 +17,7 @@ from hypothesis.reporting import with_reporter
 
 from reference import ROUTERS
 
-from ._coverage import NotCovered, declared, is_covered, require_library
+from ._coverage import NotCovered, check_api, declared, is_covered, require_library
 from ._properties import PROPERTIES, Context, Property
 from ._recorder import Recorder
 
@@ -59,6 +59,41 @@ def load(name_or_module) -> types.ModuleType:
         return importlib.import_module(name_or_module)
     except ImportError as err:
         raise SystemExit(f"cannot import the implementation {name_or_module!r}: {err}") from err
+    except Exception as err:  # the module itself fails while it is imported: one line, not its traceback
+        raise SystemExit(f"importing the implementation {name_or_module!r} failed: {type(err).__name__}: "
+                         f"{err}") from err  # fmt: skip
+
+
+# Choice: the wall-clock limit of one (property, router) check, per profile: some 20 times the slowest check of
+# the profile measured on a loaded machine, so it stops only an implementation that hangs. The CLI's
+# --time-limit overrides it (0: none). It is enforced with SIGALRM, so only in the main thread (elsewhere: none).
+TIME_LIMITS = {"dev": 120.0, "quick": 120.0, "ci": 300.0, "thorough": 3600.0}
+
+
+class PropertyTimeout(BaseException):  # not an Exception: Hypothesis must not catch it and retry the example
+    pass
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None):
+    """Raise ``PropertyTimeout`` in the main thread once ``seconds`` have passed (None or 0: no limit)."""
+    import signal
+    import threading
+
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise PropertyTimeout
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def precision_context(impl: types.ModuleType, dtype: str):
@@ -72,14 +107,16 @@ def precision_context(impl: types.ModuleType, dtype: str):
 
 
 def run_property(
-    prop: Property, router: str | None, impl, ref, profile: str, shrink: bool = True, dtype: str = "float64"
+    prop: Property, router: str | None, impl, ref, profile: str, shrink: bool = True, dtype: str = "float64",
+    limit: float | None = None,
 ) -> Outcome:
     """One property on one router. With an adapter (``impl.COVERS``, see ``_coverage``), an example counts only
     if it called the library's own code. If the first example's calls all went to delegated functions, the
     property is ``n/a`` at once: the calls a property makes depend on the property and the router, not on the
     drawn values, except for properties marked ``calls_vary`` (the bad-input cases), whose delegated examples
     are discarded one by one. An example the adapter refuses with ``NotCovered`` is discarded. A property
-    with no example left is ``n/a``, with the reason."""
+    with no example left is ``n/a``, with the reason. A check that runs longer than ``limit`` seconds (default:
+    ``TIME_LIMITS[profile]``; 0: none) fails, naming the property and the limit."""
     label = router or "-"
     if prop.needs and not hasattr(impl, prop.needs):
         return Outcome(prop.name, prop.group, label, "n/a", message=f"the implementation has no {prop.needs}")
@@ -133,9 +170,14 @@ def run_property(
         return Outcome(prop.name, prop.group, label, "n/a", message=reason)
 
     reports: list[str] = []
+    limit = TIME_LIMITS[profile] if limit is None else limit
     try:
-        with with_reporter(reports.append):
+        with with_reporter(reports.append), time_limit(limit):
             test()
+    except PropertyTimeout:
+        return Outcome(prop.name, prop.group, label, "failed", count,
+                       f"{prop.name} [{label}] did not finish within its time limit of {limit:g} s (after {count} "
+                       f"example(s)): the implementation hangs or is far too slow (--time-limit SECONDS, 0: none)")
     except Unsatisfiable as err:
         return not_applicable() or Outcome(
             prop.name, prop.group, label, "failed", count, f"too many cases discarded: {err}"
@@ -165,12 +207,15 @@ def run(
     fail_fast: bool = False,
     shrink: bool = True,
     progress=None,
+    limit: float | None = None,
 ) -> list[Outcome]:
     """Check ``impl`` against ``ref``; returns an outcome per (property, router).
 
     ``routers`` narrows the router-specific properties (router-independent ones always run unless
     ``properties`` names a subset). ``fail_fast`` stops at the first failure; ``shrink=False`` reports the
     first failing example without minimizing it. ``progress(done, total, label)`` is called before each.
+    ``limit``: each check's time limit in seconds (default ``TIME_LIMITS[profile]``, 0: none). An implementation
+    that declares no ``COVERS`` must expose every name of the spec's API: the missing ones are one ValueError.
     """
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {', '.join(PROFILES)}; got {profile!r}")
@@ -185,6 +230,9 @@ def run(
     impl, ref = load(impl), load(ref)
     require_library(impl)
     declared(impl)  # a malformed COVERS is refused before any work
+    check_api(impl)  # a missing name is one list, not a failure of every property that calls it
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit >= 0):
+        raise ValueError(f"limit must be a number of seconds >= 0 (0: none) or None, got {limit!r}")
     jobs = []
     for prop in PROPERTIES:
         if properties and prop.name not in properties:
@@ -197,7 +245,7 @@ def run(
             if progress:
                 progress(i, len(jobs), f"{prop.name} {router or ''}".strip())
             start = time.perf_counter()
-            outcomes.append(run_property(prop, router, impl, ref, profile, shrink, dtype))
+            outcomes.append(run_property(prop, router, impl, ref, profile, shrink, dtype, limit))
             outcomes[-1].seconds = time.perf_counter() - start
             if fail_fast and outcomes[-1].status == "failed":
                 break

@@ -10,7 +10,8 @@ quick or thorough; default ci) and the dtype it is judged by (``CONFORMANCE_DTYP
 ``DTYPE``, else float64), as the array API standard's test suite is pointed at an array library. A property
 that does not apply (an adapter's delegated function, no ``MoELayer``) is skipped with its reason; a failure
 shows the message, Hypothesis's falsifying example and a snippet that replays the calls.
-``python -m conformance`` runs the same properties and prints them as a table.
+A module missing names of the API stops the session with one list of them. ``python -m conformance`` runs the
+same properties and prints them as a table.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ except ImportError as err:  # this module is the suite as pytest tests; the CLI 
     raise ImportError("conformance.test_conformance runs under pytest (`pip install pytest`, then "
                       "`pytest --pyargs conformance`); without it use `python -m conformance`") from err
 
+from ._coverage import check_api
 from ._properties import PROPERTIES
 from ._runner import failure_report, load, precision_context, run_property
 
@@ -30,6 +32,15 @@ IMPL = os.environ.get("CONFORMANCE_IMPL", "optimized")
 REF = os.environ.get("CONFORMANCE_REF", "reference")
 PROFILE = os.environ.get("CONFORMANCE_PROFILE", "ci")
 CASES = [(p, r) for p in PROPERTIES for r in ([None] if p.routers is None else p.routers)]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _whole_api():
+    """A module missing names of the API stops the session with one list of them, not a failure per property."""
+    try:
+        check_api(load(IMPL))
+    except ValueError as err:
+        pytest.exit(f"conformance: {err}", returncode=1)
 
 
 @pytest.mark.parametrize("prop, router", CASES, ids=[f"{p.name}-{r or 'any'}" for p, r in CASES])

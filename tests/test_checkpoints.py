@@ -220,6 +220,22 @@ def test_evaluate_and_predict_clis(two_checkpoints, tmp_path, capsys):
     assert f"error: {tmp_path / 'notes.txt'}: not a readable image" in capsys.readouterr().err
 
 
+def test_evaluating_a_checkpoint_of_another_model_is_one_line(copy):
+    # config.json edited (or copied from another run): the checkpoints hold another model than it describes
+    workdir, _ = copy
+    saved = json.loads((workdir / "config.json").read_text())
+    saved["model"]["mlp_dim"] = 48
+    (workdir / "config.json").write_text(json.dumps(saved))
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    result = subprocess.run([sys.executable, "-m", "train.evaluate", "--workdir", str(workdir), "--no-probe"],
+                            capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [  # one line: no traceback, no asyncio noise at exit
+        f"error: checkpoint {workdir / 'checkpoints' / '2'} holds a model of another config than the one given (its "
+        "config.json -> given: model.mlp_dim: 64 -> 48); evaluate it with the config it was trained with"
+    ], result.stderr
+
+
 # ------------------------------------------------------------------------------------- gradient accumulation
 
 
@@ -379,6 +395,24 @@ def test_a_second_training_is_refused_naming_the_holder(copy, tiny_data):
         assert (workdir / "metrics.jsonl").read_text() == metrics and checkpoint.complete_steps(workdir) == [1, 2]
     finally:
         held.release()
+
+
+def test_a_read_only_workdir_is_one_line(copy, tiny_data, monkeypatch):
+    import errno
+
+    workdir, config = copy
+
+    def read_only(file, mode="r", *args, **kwargs):  # a read-only mount (root ignores chmod: simulated here)
+        if any(c in mode for c in "wax+"):
+            raise OSError(errno.EROFS, "Read-only file system", str(file))
+        return open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(files, "open", read_only, raising=False)
+    before = sorted(p.name for p in workdir.iterdir())
+    with pytest.raises(ValueError, match=rf"^--workdir {re.escape(str(workdir))}: cannot write in it \(Read-only file "
+                       r"system\)$"):  # fmt: skip
+        train.train_and_evaluate(config, workdir, progress=False, dataset=tiny_data)
+    assert sorted(p.name for p in workdir.iterdir()) == before
 
 
 def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path, capsys):

@@ -181,3 +181,59 @@ def test_cli_rejects_unknown_router():
         [sys.executable, "-m", "conformance", "--router", "hash"], capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 2 and "invalid choice: 'hash'" in result.stderr
+
+
+# ------------------------------------------------------------------ an implementation that breaks the suite (issue 27)
+
+
+def _module(name, **names):
+    module = types.ModuleType(name)
+    module.__dict__.update(names)
+    return module
+
+
+def test_an_implementation_that_hangs_fails_its_property_at_the_time_limit():
+    import time
+
+    from conformance.mutants._base import build
+
+    def capacity(t, e, factor):
+        while True:
+            time.sleep(0.01)
+
+    hangs = build("hangs", "capacity never returns", capacity=capacity)
+    start = time.perf_counter()
+    [outcome] = conformance.run(hangs, properties=("capacity_function",), limit=1.0)
+    assert time.perf_counter() - start < 30
+    assert outcome.status == "failed"
+    assert outcome.message.startswith("capacity_function [-] did not finish within its time limit of 1 s")
+    with pytest.raises(ValueError, match=r"limit must be a number of seconds >= 0 \(0: none\) or None, got -1"):
+        conformance.run(hangs, properties=("capacity_function",), limit=-1)
+
+
+def test_a_module_missing_half_the_api_is_one_list_of_names(tmp_path):
+    from conformance._coverage import API
+
+    half = _module("half_port", **{name: getattr(reference, name) for name in API[: len(API) // 2]})
+    missing = ", ".join(API[len(API) // 2 :])
+    with pytest.raises(ValueError, match=rf"half_port declares no COVERS .* lacks 7 of its 13 names: {missing};"):
+        conformance.run(half)
+    # the pytest entry point: one message, no failure per property
+    (tmp_path / "half_port.py").write_text(
+        "from reference import " + ", ".join(API[: len(API) // 2]) + "  # noqa: F401\n"
+    )
+    env = {**os.environ, "CONFORMANCE_IMPL": "half_port", "PYTHONPATH": f"{tmp_path}{os.pathsep}"
+           f"{os.environ.get('PYTHONPATH', '')}"}  # fmt: skip
+    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--pyargs", "conformance"],
+                            capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"lacks 7 of its 13 names: {missing};" in result.stdout + result.stderr
+    assert "failed" not in result.stdout, result.stdout
+
+
+def test_an_implementation_that_raises_at_import_is_one_line(tmp_path, monkeypatch):
+    (tmp_path / "broken_port.py").write_text("raise RuntimeError('CUDA driver not found')\n")
+    monkeypatch.syspath_prepend(tmp_path)
+    with pytest.raises(SystemExit, match=r"^importing the implementation 'broken_port' failed: RuntimeError: CUDA "
+                       r"driver not found$"):  # fmt: skip
+        conformance._runner.load("broken_port")

@@ -145,6 +145,66 @@ def test_a_manifest_that_does_not_match_its_shards_is_refused(folder, tmp_path):
         D.read_manifest(tmp_path)
 
 
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda m: m.pop("splits"), r"missing key 'splits' \(expected an object of splits\)"),
+    (lambda m: m["splits"]["train"].pop("labels"), r"missing key 'splits.train.labels'"),
+    (lambda m: m["splits"]["test"]["shards"][0].pop("sha256"), r"missing key 'splits.test.shards\[0\].sha256'"),
+    (lambda m: m["splits"]["train"]["labels"].pop("sha256"), r"missing key 'splits.train.labels.sha256'"),
+    (lambda m: m["splits"].update(train=None), r"splits.train is null, expected an object with count, shards"),
+    (lambda m: m.update(class_names=None), r"class_names is null, expected a list of class names"),
+])  # fmt: skip
+def test_a_manifest_missing_a_key_is_one_line_naming_it(folder, tmp_path_factory, edit, message):
+    out = tmp_path_factory.getbasetemp() / "shards-for-keys"
+    if not out.exists():
+        write_shards(folder, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    edit(manifest)
+    broken = tmp_path_factory.mktemp("edited")
+    for f in out.iterdir():
+        os.symlink(f, broken / f.name)
+    (broken / "manifest.json").unlink()
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=rf"^{broken / 'manifest.json'}: {message}") as error:
+        D.read_manifest(broken)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_prepare_on_a_full_disk_is_one_line_and_removes_what_it_wrote(folder, tmp_path, monkeypatch, capsys, existing):
+    import errno
+
+    import train.prepare
+
+    out = tmp_path / "out"
+    if existing:  # an empty directory the user made: it stays, emptied of what prepare wrote
+        out.mkdir()
+
+    def full(file, *args, **kwargs):  # the train split's shard is written; its labels file meets a full disk
+        raise OSError(errno.ENOSPC, "No space left on device", str(file))
+
+    monkeypatch.setattr(train.prepare.np, "save", full)
+    with pytest.raises(SystemExit):
+        train.prepare.main(["--from", str(folder), "--to", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (f"python -m train.prepare: error: writing shards failed at {out / 'train-labels.npy'}: No space "
+                   f"left on device; the partial output was removed ("
+                   + (f"2 file(s) in {out})" if existing else f"the directory {out})"))  # fmt: skip
+    assert (list(out.iterdir()) == []) if existing else not out.exists()
+
+
+def test_more_workers_than_cores_is_a_warning_naming_the_count(folder, capsys):
+    from train.data.loader import available_cores
+
+    source = D.ImageFolderSource(*(lambda f: (f.train_files, f.train_labels))(D.read_image_folder(folder)))
+    cores = available_cores()
+    D.TrainLoader(source, 4, 0, D.eval_ops(8, 3), workers=cores)
+    assert capsys.readouterr().err == ""
+    D.TrainLoader(source, 4, 0, D.eval_ops(8, 3), workers=cores + 1)
+    assert capsys.readouterr().err == (f"warning: data.workers = {cores + 1} is more than the {cores} core(s) this "
+                                       "process may use: the workers compete for them and reading slows down (set "
+                                       f"--set data.workers={cores} or fewer)\n")  # fmt: skip
+
+
 def test_bad_image_folders_are_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match=r"image folder .*nowhere does not exist"):
         D.read_image_folder(tmp_path / "nowhere")
@@ -175,6 +235,27 @@ def test_bad_image_folders_are_refused_before_any_work(tmp_path):
         D.loader.read_examples(source, np.array([files.index(str(jpeg))]), D.eval_ops(8, 3), seed=0, epoch=0)
 
 
+def test_a_cut_jpeg_in_the_test_split_is_refused_before_training(tmp_path):
+    # issue 27, fault 6: the header check passes it, and the run used to die at its first evaluation
+    import train
+    from train.presets import resolve
+
+    write_folder(tmp_path / "data" / "train", per_class=4)
+    write_folder(tmp_path / "data" / "test", per_class=2)
+    jpeg = tmp_path / "data" / "test" / "c1" / "0.jpg"
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (96, 96, 3), dtype=np.uint8)).save(jpeg)
+    jpeg.write_bytes(jpeg.read_bytes()[: 2 * jpeg.stat().st_size // 3])
+    overrides = ("data.name=imagefolder", f"data.path={tmp_path / 'data'}", "data.channels=3", "model.channels=3",
+                 "model.num_classes=3", "fewshot_shots=1", "fewshot_draws=1")  # fmt: skip
+    config = resolve("tiny", steps=2, batch_size=4, overrides=overrides)
+    with pytest.raises(ValueError, match=rf"^cannot read image {jpeg}: OSError: image file is truncated") as error:
+        train.train_and_evaluate(config, tmp_path / "run", progress=False)
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
 def test_train_and_test_sub_folders_are_the_splits(tmp_path):
     write_folder(tmp_path / "train", per_class=4)
     write_folder(tmp_path / "val", per_class=2)
@@ -184,7 +265,7 @@ def test_train_and_test_sub_folders_are_the_splits(tmp_path):
     assert all(os.sep + "val" + os.sep in f for f in folder.test_files)
 
 
-def test_training_on_an_image_folder_end_to_end_and_resuming_exactly(folder, tmp_path):
+def test_training_on_an_image_folder_end_to_end_and_resuming_exactly(folder, tmp_path, monkeypatch):
     import train
     from train import checkpoint
     from train.input_pipeline import load_data
@@ -208,6 +289,20 @@ def test_training_on_an_image_folder_end_to_end_and_resuming_exactly(folder, tmp
     for a, b in zip(jax.tree.leaves(checkpoint.restore(cut, like)), jax.tree.leaves(checkpoint.restore(straight, like)),
                     strict=True):  # weights and optimizer state, every array bit for bit
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # predicting on a streamed run reads no image of its data (it used to scan and verify the whole folder)
+    from train import predict
+
+    jpeg = next(f for f in D.read_image_folder(folder).test_files if f.endswith(".jpg"))
+
+    def opened(*args, **kwargs):
+        raise AssertionError("train.predict opened the run's data")
+
+    monkeypatch.setattr(D.sources, "read_image_folder", opened)
+    monkeypatch.setattr(D.sources, "check_image_file", opened)
+    monkeypatch.setattr(D.splits, "read_image_folder", opened)
+    [top] = predict.predict(tmp_path / "cut", [jpeg], top=3)
+    assert len(top) == 3 and {name for _, name, _ in top} <= {"c0", "c1", "c2"}
+    monkeypatch.undo()
     # the routing plots of a streamed run decode a bounded part of its test split: the first 4 of evaluation order
     from train.visualize import visualize_run
 

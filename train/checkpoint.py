@@ -39,6 +39,7 @@ from pathlib import Path
 
 import equinox as eqx
 import jax
+import numpy as np
 
 KEEP = 2  # the newest checkpoints kept on disk
 ITEMS = ("model", "opt_state")
@@ -260,6 +261,33 @@ def _fill(like, leaves: list):
     return eqx.combine(jax.tree.unflatten(treedef, leaves), static)
 
 
+def _check_shapes(reader, step_dir: Path, name: str, like) -> None:
+    """Refuse an item whose stored arrays (orbax's metadata, read without the arrays) differ from ``like``'s in
+    number, shape or dtype: a checkpoint of another model. Checked before any array is read, since an orbax
+    restore that fails midway leaves its asynchronous tasks to print "Event loop is closed" tracebacks at exit."""
+    import logging
+
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)  # orbax warns that a per-item metadata file it does not need is absent
+    try:
+        stored = reader.metadata(step_dir / name).item_metadata.tree
+    finally:
+        absl.setLevel(level)
+    want = _abstract(like)
+    what = "this model" if name == "model" else "this optimizer state"
+    if not isinstance(stored, list) or len(stored) != len(want):
+        count = len(stored) if isinstance(stored, list) else "an unknown number of"
+        raise CorruptCheckpointError(f"checkpoint {step_dir} does not fit {what}: its {name} holds {count} arrays, "
+                                     f"{what} {len(want)}")  # fmt: skip
+    for i, (have, spec) in enumerate(zip(stored, want, strict=True)):
+        if tuple(have.shape) != tuple(spec.shape) or np.dtype(have.dtype) != np.dtype(spec.dtype):
+            raise CorruptCheckpointError(
+                f"checkpoint {step_dir} does not fit {what}: its {name} array {i} is {tuple(have.shape)} "
+                f"{np.dtype(have.dtype)}, {what}'s {tuple(spec.shape)} {np.dtype(spec.dtype)}"
+            )
+
+
 def restore(meta: dict, like, items: tuple[str, ...] = ITEMS):
     """The checkpoint ``meta`` (from ``latest``) in the shape of ``like``: ``(model, opt_state)`` for both items,
     the model alone for ``items=("model",)``. Arrays land on the shardings of ``like``'s arrays (restore under any
@@ -273,11 +301,14 @@ def restore(meta: dict, like, items: tuple[str, ...] = ITEMS):
     args = {name: ocp.args.StandardRestore(_abstract(tree)) for name, tree in zip(items, likes, strict=True)}
     try:
         with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as reader:
+            for name, tree in zip(items, likes, strict=True):  # before orbax reads: its failed reads leave noise
+                _check_shapes(reader, step_dir, name, tree)
             restored = {name: reader.restore(step_dir / name, args=arg) for name, arg in args.items()}
     except CorruptCheckpointError:
         raise
     except Exception as err:  # a checkpoint of another model, or unreadable files of the right digest
-        raise CorruptCheckpointError(f"checkpoint {step_dir} does not fit this model and optimizer: {err}") from err
+        what = "this model" if items == ("model",) else "this model and optimizer"
+        raise CorruptCheckpointError(f"checkpoint {step_dir} does not fit {what}: {err}") from err
     out = tuple(_fill(tree, list(restored[name])) for name, tree in zip(items, likes, strict=True))
     return out[0] if len(items) == 1 else out
 
@@ -315,6 +346,12 @@ class Checkpoints:
 
             multihost_utils.sync_global_devices("incomplete checkpoints moved")
         self.manager = ocp.CheckpointManager(self.directory, item_names=ITEMS, options=options)
+        # Choice: the training loop is the one caller of JAX's preemption sync point (``train.preemption``), which
+        # must see each process's steps in order. Orbax asks it too (for a log line and a statistic), from its
+        # finalize thread with the step being saved: a step behind the loop's, which would move this process's
+        # counter back while the processes agree on a stop step. Saves here are forced, so orbax's answer
+        # decides nothing.
+        self.manager.reached_preemption = lambda step: False
         self._pending: int | None = None
         self._recorder: threading.Thread | None = None
         self._error: BaseException | None = None

@@ -26,6 +26,7 @@ import numpy as np
 
 from . import checkpoint
 from .config import Config
+from .data import STREAMING, streaming_class_names
 from .evaluators import in_batches
 from .input_pipeline import as_splits, load_data
 from .trained import load_model
@@ -39,17 +40,20 @@ def prepare_images(paths, config: Config, *, invert: bool = False, dataset=None)
 
     from .data import ops
 
-    dataset = load_data(config) if dataset is None else dataset
-    splits = as_splits(dataset)
-    if invert and splits.eval_ops is not None:
-        raise ValueError("--invert is for in-memory datasets (digits, ...), not streamed ones")
     size, channels = config.data.image_size, config.data.channels
+    streamed = config.data.name in STREAMING
+    if invert and streamed:
+        raise ValueError("--invert is for in-memory datasets (digits, ...), not streamed ones")
+    if streamed:  # the evaluation ops are a function of the config: the run's data is not opened
+        eval_ops = ops.eval_ops(size, channels)
+    else:  # the training split's mean and std: the in-memory datasets are small
+        dataset = load_data(config) if dataset is None else dataset
     images = []
     for path in map(Path, paths):
         try:
             data = path.read_bytes()
-            if splits.eval_ops is not None:
-                images.append(splits.eval_ops(data, np.random.default_rng(0)))
+            if streamed:
+                images.append(eval_ops(data, np.random.default_rng(0)))
                 continue
             image = ops.decode(data, None, channels=channels, what=str(path))
             if invert:
@@ -75,12 +79,17 @@ def predict(workdir, paths, *, top: int = 5, invert: bool = False, step: int | N
     if not paths:
         raise ValueError("no image files given")
     config = saved_config(workdir)
-    dataset = load_data(config)
+    # Choice: a streamed run's data is not opened (a scan of its folder, or its shards' checksums, takes minutes at
+    # ImageNet's size): its class names come from the folder's listing or the manifest.
+    if config.data.name in STREAMING:
+        dataset, names = None, streaming_class_names(config.data.name, config.data.path)
+    else:
+        dataset = load_data(config)
+        names = as_splits(dataset).class_names
     images = prepare_images(paths, config, invert=invert, dataset=dataset)
     model, config = load_model(workdir, step, config=config)
     groups = 1 if config.model.router == "soft_moe" or config.model.dense else config.model.group_images
     probabilities = in_batches(_probabilities, model, images, groups, None)
-    names = as_splits(dataset).class_names
     out = []
     for row in probabilities:
         best = np.argsort(-row, kind="stable")[:top]

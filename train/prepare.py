@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -27,9 +28,8 @@ from .data.sources import MANIFEST, MANIFEST_FORMAT, encode_record, read_image_f
 def write_shards(source, out, *, shards: int = 1, test_fraction: float = 0.25, seed: int = 0,
                  progress: bool = False) -> dict:  # fmt: skip
     """Convert image folder ``source`` into shards in ``out`` (created; must not hold a manifest). Returns the
-    manifest. ``shards`` >= 1 per split (fewer if a split has fewer examples)."""
-    from array_record.python.array_record_module import ArrayRecordWriter
-
+    manifest. ``shards`` >= 1 per split (fewer if a split has fewer examples). A write that fails (a full disk)
+    is one ValueError naming the file, after what this call wrote is removed."""
     if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
         raise ValueError(f"shards must be an integer >= 1, got {shards!r}")
     out = os.fspath(out)
@@ -41,7 +41,28 @@ def write_shards(source, out, *, shards: int = 1, test_fraction: float = 0.25, s
         for file in files:
             with open(file, "rb") as f:
                 ops.decode(f.read(), None, channels=3, what=file)
-    os.makedirs(out, exist_ok=True)
+    created = not os.path.exists(out)
+    written: list[str] = []  # what this call wrote, removed if a write fails (a full disk)
+    try:
+        os.makedirs(out, exist_ok=True)
+        manifest = _write(out, folder, splits, shards, progress, written)
+    except (OSError, RuntimeError) as error:  # array_record reports a failed write as a RuntimeError
+        for file in written:
+            if os.path.exists(file):
+                os.remove(file)
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        where = getattr(error, "filename", None) or (written[-1] if written else out)
+        removed = f"the directory {out}" if created else f"{len(written)} file(s) in {out}"
+        raise ValueError(f"writing shards failed at {where}: {reason}; the partial output was removed "
+                         f"({removed})") from None
+    return manifest
+
+
+def _write(out: str, folder, splits: dict, shards: int, progress: bool, written: list[str]) -> dict:
+    from array_record.python.array_record_module import ArrayRecordWriter
+
     manifest = {"format": MANIFEST_FORMAT, "class_names": list(folder.class_names), "source": folder.path,
                 "layout": folder.layout, "splits": {}}  # fmt: skip
     for split, (files, labels) in splits.items():
@@ -51,7 +72,8 @@ def write_shards(source, out, *, shards: int = 1, test_fraction: float = 0.25, s
         for k in range(count):
             name = f"{split}-{k:05d}-of-{count:05d}.array_record"
             # Choice: group_size:1, one record per chunk: random access reads exactly one record (as grain advises).
-            writer = ArrayRecordWriter(os.path.join(out, name), "group_size:1")
+            written.append(os.path.join(out, name))
+            writer = ArrayRecordWriter(written[-1], "group_size:1")
             for i in range(bounds[k], bounds[k + 1]):
                 with open(files[i], "rb") as f:
                     writer.write(encode_record(int(labels[i]), f.read()))
@@ -61,12 +83,14 @@ def write_shards(source, out, *, shards: int = 1, test_fraction: float = 0.25, s
             if progress:
                 print(f"{split}: shard {k + 1}/{count} written", file=sys.stderr)
         labels_name = f"{split}-labels.npy"
-        np.save(os.path.join(out, labels_name), np.asarray(labels, np.int32), allow_pickle=False)
+        written.append(os.path.join(out, labels_name))
+        np.save(written[-1], np.asarray(labels, np.int32), allow_pickle=False)
         entry["labels"] = {"file": labels_name, "sha256": sha256_file(os.path.join(out, labels_name))}
         manifest["splits"][split] = entry
-    with open(os.path.join(out, MANIFEST + ".tmp"), "w") as f:
+    written.append(os.path.join(out, MANIFEST + ".tmp"))
+    with open(written[-1], "w") as f:
         json.dump(manifest, f, indent=2)
-    os.replace(os.path.join(out, MANIFEST + ".tmp"), os.path.join(out, MANIFEST))
+    os.replace(written[-1], os.path.join(out, MANIFEST))
     return manifest
 
 

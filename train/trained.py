@@ -11,7 +11,7 @@ from pathlib import Path
 from . import checkpoint
 from .config import Config
 from .state import init_model
-from .workdir import saved_config
+from .workdir import config_differences, saved_config
 
 
 def load_model(workdir, step: int | None = None, *, config: Config | None = None,
@@ -47,7 +47,7 @@ def _load(workdir: Path, step: int | None, config: Config | None, capacity_facto
             raise FileNotFoundError(f"no complete checkpoint of step {step} in {checkpoint.directory_of(workdir)} "
                                     f"(complete: {checkpoint.complete_steps(workdir) or 'none'})")  # fmt: skip
         meta = {"step": step, "path": checkpoint.directory_of(workdir) / str(step)}
-        return checkpoint.restore(meta, model, items=("model",)), config, step
+        return _restore(meta, model, config), config, step
     # Choice: a training in the workdir deletes its oldest step once a newer one is recorded; a step deleted while
     # it was being read is not an error: the newest complete step is taken again.
     for attempt in range(5):
@@ -55,9 +55,25 @@ def _load(workdir: Path, step: int | None, config: Config | None, capacity_facto
         if meta is None:
             raise FileNotFoundError(f"no checkpoint in {checkpoint.directory_of(workdir)}")
         try:
-            return checkpoint.restore(meta, model, items=("model",)), config, meta["step"]
+            return _restore(meta, model, config), config, meta["step"]
         except Exception:
             if Path(meta["path"]).exists():
                 raise
     raise FileNotFoundError(f"the checkpoints of {workdir} were deleted as fast as they were read (a training with "
                             "keep_checkpoints=1?); try again, or pass a step kept by keep_checkpoints_every")
+
+
+def _restore(meta: dict, model, config: Config):
+    """The model item of checkpoint ``meta``; one that does not fit ``model`` is refused naming the fields of the
+    model config it was trained with (saved with it) that differ from ``config``."""
+    try:
+        return checkpoint.restore(meta, model, items=("model",))
+    except checkpoint.CorruptCheckpointError as err:
+        saved = checkpoint.recorded_config(meta) if "does not fit" in str(err) else None
+        diffs = [d for d in config_differences(saved, config) if d.startswith("model.")] if saved else []
+        if not diffs:
+            raise
+        raise checkpoint.CorruptCheckpointError(
+            f"checkpoint {meta['path']} holds a model of another config than the one given (its {checkpoint.CONFIG} "
+            f"-> given: {'; '.join(diffs[:10])}); evaluate it with the config it was trained with"
+        ) from None

@@ -215,7 +215,7 @@ def _train_and_evaluate(config: Config, workdir: Path, mesh, lock, stop_after, p
                 first_bad, bad_loss = _note_non_finite(first_bad, bad_loss, metrics["loss"], step + 1)
                 done = step + 1
                 timer.stepped(done, metrics["loss"], first=step == start)
-                stop = guard.should_stop()
+                stop = guard.should_stop(done)  # several processes: JAX's preemption sync point, no collective
                 log_now = done % config.log_every == 0 or done == end
                 eval_now = done % config.eval_every == 0 or done == config.steps
                 save_now = done % config.checkpoint_every == 0 or done == end or stop
@@ -243,10 +243,10 @@ def _train_and_evaluate(config: Config, workdir: Path, mesh, lock, stop_after, p
                 if stop:
                     checkpoints.close()
                     bar.close()
-                    raise Preempted(done, guard.seen or "a signal (on another process)", workdir)
+                    raise Preempted(done, guard.name, workdir)
             checkpoints.close()
             if guard.should_stop():  # a signal during the last step's save: the run is complete, say so anyway
-                raise Preempted(end, guard.seen or "a signal (on another process)", workdir)
+                raise Preempted(end, guard.name, workdir)
     finally:  # the last save is committed and recorded, whatever ended the loop
         checkpoints.close(quiet=True)
         if log is not None:
@@ -264,7 +264,7 @@ def _train_and_evaluate(config: Config, workdir: Path, mesh, lock, stop_after, p
         if not config.model.dense:  # what the routers do, from the final weights (as python -m train.visualize)
             draw_routing(model, config, splits, files.plots_dir(workdir), step=end, sharding=data_sharding)
         if guard.should_stop():  # the checkpoint of the last step is saved: rerunning only evaluates
-            raise Preempted(end, guard.seen or "a signal (on another process)", workdir)
+            raise Preempted(end, guard.name, workdir)
     if not writer:
         return {"step": end, "test_accuracy": test_accuracy, "fewshot_accuracy": probe["accuracy"]}
     summary = summarize(config, workdir, test_accuracy, probe, images_per_second)

@@ -68,13 +68,21 @@ def _comparable(saved: dict) -> dict:
 def check_config(config: Config, saved: dict, where) -> None:
     """Refuse ``config`` if it differs from the config ``saved`` (read from ``where``) in a field that can change a
     result (any field but ``RESUMABLE_CHANGES``)."""
-    saved, current = _comparable(saved), _comparable(json.loads(config.to_json()))
-    if saved != current:
-        diffs = _diff(saved, current) if isinstance(saved, dict) else [f"{saved!r} is not a config"]
+    diffs = config_differences(saved, config)
+    if diffs:
         raise ConfigMismatchError(
             f"{where} holds a run of a different config; differences (saved -> now): " + "; ".join(diffs[:10])
             + ". Use a new --workdir, or the same options to resume."
         )  # fmt: skip
+
+
+def config_differences(saved: dict, config: Config) -> list[str]:
+    """The fields in which ``config`` differs from the config ``saved`` (a dict, as written), as
+    ``"model.mlp_dim: 64 -> 48"`` (saved -> now); ``RESUMABLE_CHANGES`` are not compared."""
+    saved, current = _comparable(saved), _comparable(json.loads(config.to_json()))
+    if not isinstance(saved, dict):
+        return [f"{saved!r} is not a config"]
+    return _diff(saved, current)
 
 
 def check_or_write_config(config: Config, workdir: Path, *, write: bool = True) -> None:

@@ -44,4 +44,5 @@ from .splits import STREAMING as STREAMING
 from .splits import Splits as Splits
 from .splits import from_dataset as from_dataset
 from .splits import open_streaming as open_streaming
+from .splits import streaming_class_names as streaming_class_names
 from .splits import test_arrays as test_arrays

@@ -118,20 +118,47 @@ def _scan_classes(path: str, classes: Sequence[str] | None = None) -> tuple[tupl
     return tuple(classes), files, np.array(labels, np.int32)
 
 
-def check_image_file(file: str) -> None:
-    """Stop with a ValueError naming ``file`` unless Pillow recognizes it as an image and its structure checks out.
+def check_image_file(file: str, *, decode: bool = False) -> None:
+    """Stop with a ValueError naming ``file`` unless Pillow recognizes it as an image and its structure checks out;
+    with ``decode``, unless its pixels decode in full.
 
-    Choice: reading the header and ``verify()`` (PNG chunk CRCs, a GIF's frames...) without decoding the pixels:
-    cheap enough for a million files before training starts. A JPEG whose data is cut short passes this check
-    and stops the run when it is decoded, naming the file; ``python -m train.prepare`` decodes every image fully.
+    Choice: without ``decode``, reading the header and ``verify()`` (PNG chunk CRCs, a GIF's frames...) without
+    decoding the pixels: cheap enough for a million training files before training starts. A JPEG whose data is
+    cut short passes it; ``decode`` finds it (``read_image_folder`` decodes the test split that way, the training
+    split is decoded when it is read; ``python -m train.prepare`` decodes every image fully).
     """
     from PIL import Image
 
     try:
         with Image.open(file) as image:
-            image.verify()
+            if decode:
+                image.load()  # a truncated file raises OSError here (unless ImageFile.LOAD_TRUNCATED_IMAGES)
+            else:
+                image.verify()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise ValueError(f"cannot read image {file}: {type(error).__name__}: {error}") from error
+
+
+def decode_all(files: Sequence[str], workers: int | None = None) -> None:
+    """``check_image_file(file, decode=True)`` for every file, in a thread pool (Pillow's decoders release the
+    GIL); the first unreadable file in ``files``' order is the ValueError raised."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:
+        for _ in pool.map(lambda f: check_image_file(f, decode=True), files):
+            pass
+
+
+def folder_class_names(path) -> tuple[str, ...]:
+    """The class names ``read_image_folder(path)`` gives, from the directory listing alone (no file is opened)."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise ValueError(f"image folder {path} does not exist (expected a directory of class sub-folders)")
+    split = os.path.isdir(os.path.join(path, TRAIN_DIR)) and any(
+        os.path.isdir(os.path.join(path, d)) for d in TEST_DIRS
+    )
+    return tuple(_class_folders(os.path.join(path, TRAIN_DIR) if split else path))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,7 +174,8 @@ class ImageFolder:
     layout: str  # "split" (train/ and test/ or val/ sub-folders) or "stratified" (by test_fraction and seed)
 
 
-def read_image_folder(path, *, test_fraction: float = 0.25, seed: int = 0, verify: bool = True) -> ImageFolder:
+def read_image_folder(path, *, test_fraction: float = 0.25, seed: int = 0, verify: bool = True,
+                      decode_test: bool = False) -> ImageFolder:  # fmt: skip
     """Scan an image folder: one sub-folder per class (sorted names are labels 0, 1, ...), image files in each.
 
     Two layouts. If ``path`` holds ``train/`` and one of ``test/``, ``val/``, ``validation/``, each with the same
@@ -155,7 +183,9 @@ def read_image_folder(path, *, test_fraction: float = 0.25, seed: int = 0, verif
     are ``path``'s sub-folders and each class gives ``round(test_fraction * n)`` (at least 1, at most n - 1) of its
     files to the test split, drawn from ``seed`` (the split ``train.data.load("imagefolder")`` has always made).
     Files whose extension is not in ``IMAGE_EXTENSIONS`` and hidden entries are ignored. With ``verify`` every
-    image file is checked (``check_image_file``): an unreadable file stops the scan, it is never skipped.
+    image file is checked (``check_image_file``): an unreadable file stops the scan, it is never skipped. With
+    ``decode_test`` the test split's images are decoded in full as well (``decode_all``): a run evaluates the
+    test split only after training, so a file that would stop its first evaluation is refused now (issue 27).
     """
     path = os.fspath(path)
     if not os.path.isdir(path):
@@ -174,6 +204,11 @@ def read_image_folder(path, *, test_fraction: float = 0.25, seed: int = 0, verif
     if verify:
         for file in (*train_files, *test_files):
             check_image_file(file)
+    if decode_test:
+        # Choice: the test split, fully decoded, every time a streamed run opens it (the cost of one evaluation's
+        # decoding); the training split is not (a cut training file stops the step that reads it, after the last
+        # save, and names the file; decoding all of ImageNet's training files at every start would take hours).
+        decode_all(test_files)
     return ImageFolder(path, classes, tuple(train_files), train_labels, tuple(test_files), test_labels, layout)
 
 
@@ -227,8 +262,10 @@ def read_manifest(path, *, verify: bool = True) -> dict:
             manifest = json.loads(f.read())
     except json.JSONDecodeError as error:
         raise ValueError(f"{file} is not valid JSON: {error}") from error
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise ValueError(f"{file}: format {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}")
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else manifest
+        raise ValueError(f"{file}: format {found!r}, expected {MANIFEST_FORMAT!r}")
+    _check_manifest_keys(manifest, file)
     for split, entry in manifest["splits"].items():
         total = 0
         for shard in entry["shards"]:
@@ -260,6 +297,36 @@ def read_manifest(path, *, verify: bool = True) -> dict:
         if labels.size and (labels.min() < 0 or labels.max() >= len(manifest["class_names"])):
             raise ValueError(f"{labels_file}: labels must lie in [0, {len(manifest['class_names'])})")
     return manifest
+
+
+def _check_manifest_keys(manifest: dict, file: str) -> None:
+    """Every key ``read_manifest`` reads is there with the right kind of value: a ValueError naming the manifest and
+    the key (``splits.train.labels.sha256``) otherwise, never a KeyError or TypeError."""
+
+    def need(parent: dict, key: str, where: str, kind: type | tuple[type, ...], what: str):
+        name = f"{where}.{key}" if where else key
+        if key not in parent:
+            raise ValueError(f"{file}: missing key {name!r} (expected {what}); rewrite it with python -m train.prepare")
+        value = parent[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ValueError(f"{file}: {name} is {json.dumps(value)}, expected {what}; rewrite it with python -m "
+                             "train.prepare")  # fmt: skip
+        return value
+
+    need(manifest, "class_names", "", list, "a list of class names")
+    for split in need(manifest, "splits", "", dict, "an object of splits"):
+        entry = need(manifest["splits"], split, "splits", dict, "an object with count, shards and labels")
+        need(entry, "count", f"splits.{split}", int, "an integer")
+        for k, shard in enumerate(need(entry, "shards", f"splits.{split}", list, "a list of shards")):
+            if not isinstance(shard, dict):
+                raise ValueError(f"{file}: splits.{split}.shards[{k}] is {json.dumps(shard)}, expected an object with "
+                                 "file, count and sha256")  # fmt: skip
+            for key, kind, what in (("file", str, "a file name"), ("count", int, "an integer"),
+                                    ("sha256", str, "a hex digest")):  # fmt: skip
+                need(shard, key, f"splits.{split}.shards[{k}]", kind, what)
+        labels = need(entry, "labels", f"splits.{split}", dict, "an object with file and sha256")
+        need(labels, "file", f"splits.{split}.labels", str, "a file name")
+        need(labels, "sha256", f"splits.{split}.labels", str, "a hex digest")
 
 
 @dataclasses.dataclass(eq=False)

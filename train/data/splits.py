@@ -10,12 +10,22 @@ What it may import: numpy and this package.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 
 import numpy as np
 
 from . import ops
 from .arrays import FEWSHOT_STREAM, Dataset
-from .sources import ArrayRecordSource, ImageFolderSource, InMemorySource, read_image_folder, read_manifest
+from .sources import (
+    MANIFEST,
+    ArrayRecordSource,
+    ImageFolderSource,
+    InMemorySource,
+    folder_class_names,
+    read_image_folder,
+    read_manifest,
+)
 
 STREAMING = ("imagefolder", "arrayrecord")
 
@@ -97,15 +107,16 @@ def open_streaming(name: str, path, *, image_size: int, channels: int, augment: 
     """Open image folder or shard directory ``path`` (``name`` "imagefolder" or "arrayrecord") for streaming.
 
     Everything is checked here, before any training work: the folder's classes and files (each image's header and
-    structure), or the manifest against its shards (counts, SHA-256). The few-shot probe uses the same classes:
-    a pool of ``fewshot_per_class`` train images per class (``fewshot_pool``) and the test split.
+    structure; the test split's images decoded in full), or the manifest against its shards (counts, SHA-256). The
+    few-shot probe uses the same classes: a pool of ``fewshot_per_class`` train images per class (``fewshot_pool``)
+    and the test split.
     """
     if name not in STREAMING:
         raise ValueError(f"unknown streaming dataset {name!r}; valid: {', '.join(STREAMING)}")
     if not path:
         raise ValueError(f"data.path must name a local directory for the {name} dataset (--set data.path=DIR)")
     if name == "imagefolder":
-        folder = read_image_folder(path, test_fraction=test_fraction, seed=seed)
+        folder = read_image_folder(path, test_fraction=test_fraction, seed=seed, decode_test=True)
         train = ImageFolderSource(folder.train_files, folder.train_labels)
         test = ImageFolderSource(folder.test_files, folder.test_labels)
         class_names, info = folder.class_names, {"path": str(path), "layout": folder.layout}
@@ -124,6 +135,22 @@ def open_streaming(name: str, path, *, image_size: int, channels: int, augment: 
         train_ops=ops.train_ops(image_size, channels, augment=augment), eval_ops=ops.eval_ops(image_size, channels),
         info=info,
     )  # fmt: skip
+
+
+def streaming_class_names(name: str, path) -> tuple[str, ...]:
+    """The class names ``open_streaming(name, path)`` gives, from the folder's listing or the manifest alone: no
+    image or shard is read or verified (what ``train.predict`` needs of a streamed run's data)."""
+    if name not in STREAMING:
+        raise ValueError(f"unknown streaming dataset {name!r}; valid: {', '.join(STREAMING)}")
+    if name == "imagefolder":
+        return folder_class_names(path)
+    file = os.path.join(os.fspath(path), MANIFEST)
+    try:
+        with open(file) as f:
+            names = json.load(f)["class_names"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{file}: cannot read its class_names ({type(error).__name__}: {error})") from None
+    return tuple(names)
 
 
 def test_arrays(splits: Splits, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
