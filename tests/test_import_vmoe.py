@@ -35,7 +35,7 @@ def _model(name: str):
 
 @pytest.mark.parametrize("name", sorted(SETS))
 def test_logits_equal_vmoes(name):
-    model, config = _model(name)
+    model, _ = _model(name)
     expected = np.load(DATA / f"{name}.npz")
     logits, _ = model(jnp.asarray(expected["x"]), inference=True)
     # seen: max abs difference 1.5e-6 or less over the four fixtures (logits of order 1)
@@ -66,15 +66,15 @@ def test_training_state_and_params_only():
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("imported") / "run"
-    config, step = import_checkpoint(DATA / "tc_k2_gap_prelogits_state", workdir,
-                                     sets=SETS["tc_k2_gap_prelogits_state"] + EVAL_SETS)
+    _, step = import_checkpoint(DATA / "tc_k2_gap_prelogits_state", workdir,
+                                sets=SETS["tc_k2_gap_prelogits_state"] + EVAL_SETS)
     return workdir, step
 
 
 def test_imported_workdir_is_a_trained_run(imported):
     workdir, step = imported
     assert step == 1  # the training state's step
-    model, config = load_model(workdir)
+    model, _ = load_model(workdir)
     expected = np.load(DATA / "tc_k2_gap_prelogits_state.npz")
     logits, _ = model(jnp.asarray(expected["x"]), inference=True)
     np.testing.assert_allclose(np.asarray(logits), expected["logits"], rtol=0, atol=1e-5)
