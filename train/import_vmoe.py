@@ -116,6 +116,13 @@ def infer(params: dict, prefix: str) -> tuple[dict, dict]:
         out[f"blocks/{i}/out_b"] = _take(arrays, f"{b}/SelfAttention/out/bias", prefix, 1)
         if f"{b}/Moe/Router/dense/kernel" in arrays or any(n.startswith(f"{b}/Moe/") for n in arrays):
             moe_layers.append(i)
+            kernel = f"{b}/Moe/Router/dense/kernel"
+            other = sorted(n for n in arrays if n.startswith(f"{b}/Moe/Router/") and n != kernel)
+            if other:  # Soft MoE's mu and scale, a router bias, ...
+                raise UnsupportedCheckpointError(
+                    f"checkpoint {prefix}: array {other[0]!r} {np.shape(arrays[other[0]])}: ViTMoE's sparse routers "
+                    "have one bias-free (D, E) kernel, 'Moe/Router/dense/kernel' (vmoe's Soft MoE router is not "
+                    "imported)")
             router = _take(arrays, f"{b}/Moe/Router/dense/kernel", prefix, 2)
             out[f"blocks/{i}/router_weight"] = router
             w1 = _take(arrays, f"{b}/Moe/Mlp/Dense_0/kernel", prefix, 3)
