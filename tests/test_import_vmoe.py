@@ -124,3 +124,14 @@ def test_missing_shard(tmp_path):
 def test_set_contradicting_the_arrays(tmp_path):
     _refused(tmp_path, DATA / "tc_k1_token_every2", ValueError, r"model.num_experts = 8.*model.num_experts = 4",
              sets=("model.num_experts=8",))
+
+
+def test_old_layout_training_state_is_refused_not_guessed(tmp_path):
+    import msgpack
+
+    prefix = _copy("tc_k2_gap_prelogits_state", tmp_path)
+    index = tmp_path / "tc_k2_gap_prelogits_state.index"
+    content = msgpack.unpackb(index.read_bytes(), ext_hook=msgpack.ExtType, raw=False, strict_map_key=False)
+    del content["version"]  # the old layout: vmoe's own index, without its version key
+    index.write_bytes(msgpack.packb(content, use_bin_type=True))
+    _refused(tmp_path, prefix, VmoeCheckpointError, "training state in the old layout")

@@ -133,10 +133,19 @@ def _read_index(prefix: pathlib.Path) -> tuple[dict, int, pathlib.Path]:
         raise VmoeCheckpointError(
             f"index file {str(index_path)!r}: version {version!r} is not one this reader knows "
             f"(expected none or one of {_SUPPORTED_VERSIONS})")
+    index = content["index"]
+    if version is None and isinstance(index, dict) and "opt_state" in index:
+        # Choice: refused, not guessed. The old writer numbered arrays in the flatten order of the saved object
+        # (a TrainState dataclass: step, params, opt_state, rngs), not in the sorted order of its state dict, and
+        # the optimizer's moments have the params' shapes: a wrong guess would load moments as weights unnoticed.
+        raise VmoeCheckpointError(
+            f"index file {str(index_path)!r}: a training state in the old layout (no version): its arrays are "
+            "numbered in the flatten order of vmoe's TrainState object, which the file does not record; convert a "
+            "params-only checkpoint, or re-save the state with vmoe's current save_checkpoint (version 20220622)")
     shard_count = content["shard_count"]
     if not isinstance(shard_count, int) or shard_count < 1:
         raise VmoeCheckpointError(f"index file {str(index_path)!r}: shard_count {shard_count!r} is not a positive int")
-    return content["index"], shard_count, index_path
+    return index, shard_count, index_path
 
 
 def _flatten(tree: Any, path: tuple = ()) -> list[tuple[tuple, Any]]:
@@ -189,6 +198,13 @@ def read_arrays(path: str | pathlib.Path) -> dict:
                 raise VmoeCheckpointError(f"shard file {str(shard)!r} holds array {number}; the index has "
                                           f"{len(infos)} arrays")
             for subchunks, global_slice in chunks:
+                shape_ = infos[number][1].shape
+                if len(global_slice) != len(shape_) or any(
+                    not 0 <= start <= stop <= size for (start, stop, _), size in zip(global_slice, shape_, strict=False)
+                ):
+                    raise VmoeCheckpointError(
+                        f"shard file {str(shard)!r}: a chunk of array {number} covers {global_slice}, outside its "
+                        f"shape {shape_} in the index (the shards do not match the index)")
                 region = tuple(slice(start, stop, step) for start, stop, step in global_slice)
                 flat = np.concatenate([np.asarray(s).reshape(-1) for s in subchunks]) if subchunks else np.zeros(0)
                 shape = tuple(stop - start for start, stop, _ in global_slice)
