@@ -8,7 +8,7 @@ train.visualize`` draws what a run's routers do. Imports ``optimized``, never ``
 The house, top to bottom; a module imports only modules below it, never one above:
 
     study/            the router study: many runs, each an ordinary workdir; nothing imports it
-    __main__, evaluate, predict, visualize, prepare, convert_checkpoints
+    __main__, evaluate, predict, visualize, prepare, convert_checkpoints, import_vmoe
                       the command lines; they use what is below, and only ``__main__`` (and the study) the trainer
     trainer           train_and_evaluate and its step: the one place the pieces below meet
     finetune          --init-from: a new run's model from a trained workdir's weights (new head, resized posemb)
@@ -21,7 +21,7 @@ The house, top to bottom; a module imports only modules below it, never one abov
     sharding          the device mesh and global batches
     presets           configs as code; resolve
     workdir           config.json, metrics.jsonl, summary.json, plots/, lock: the one place their names live
-    checkpoint, preemption, progress, config, paper, data/
+    checkpoint, preemption, progress, config, paper, vmoe_checkpoint, data/
                       the ground floor: import nothing of ``train`` (workdir, presets and the floors above import
                       ``config``; ``data/`` imports only itself)
 
