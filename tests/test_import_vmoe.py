@@ -22,6 +22,7 @@ SETS = {
     "tc_k2_gap_prelogits_state": ("model.factor=2", "model.group_images=2"),
     "ec_gap_last2_old": ("model.router=softmax_expert_choice", "model.factor=2", "model.group_images=2"),
     "tc_k1_token_every2_old": ("model.factor=1", "model.group_images=2"),
+    "soft_gap_every2": (),  # Soft MoE: router, factor (c = S E / T) and normalization read from the arrays
 }
 EVAL_SETS = ("data.name=synthetic", "data.num_classes=7", "data.heldout_classes=2", "data.augment=false",
              "batch_size=8", "fewshot_shots=2")
@@ -53,6 +54,9 @@ def test_architecture_is_read_from_the_arrays():
     assert (last_2.model.pool, last_2.model.moe_layers) == ("gap", (2, 3))
     _, state = _model("tc_k2_gap_prelogits_state")
     assert (state.model.representation_size, state.model.depth) == (6, 2)
+    # Soft MoE: mu (D, E, S) = (8, 4, 2) on T = 4 tokens per image: c = S E / T = 2, vmoe's normalized router
+    _, soft = _model("soft_gap_every2")
+    assert (soft.model.router, soft.model.factor, soft.model.soft_moe_normalize) == ("soft_moe", 2.0, True)
 
 
 def test_training_state_and_params_only():

@@ -41,6 +41,10 @@ FIXTURES = {
     "refused_map_head": dict(
         classifier="map", depth=2, moe_layers=(1,), router="tc", k=1, representation_size=None,
         save="params", layout="v1"),
+    # Soft MoE (vmoe.projects.soft_moe): vmoe's SoftRouter, dispatch in float32 (see build)
+    "soft_gap_every2": dict(
+        classifier="gap", depth=4, moe_layers=(1, 3), router="soft", k=2, representation_size=None,
+        save="params", layout="v1"),
 }
 WIDTH, HEADS, MLP, PATCH, IMAGE, EXPERTS, CLASSES, BATCH = 8, 2, 16, 4, 8, 4, 5, 4
 
@@ -51,18 +55,30 @@ def build(spec: dict, vit_moe, jnp):
         router = dict(name="NoisyTopExpertsPerItemRouter", num_selected_experts=spec["k"], noise_std=1.0,
                       importance_loss_weight=0.005, load_loss_weight=0.005,
                       dispatcher=dict(name="einsum", bfloat16=False, capacity_factor=1.05, batch_priority=False))
+    elif spec["router"] == "soft":  # k: slots per expert; one image per group, as vmoe's soft_moe configs
+        router = dict(name="vmoe.projects.soft_moe.router.SoftRouter", num_slots=spec["k"])
+        moe = dict(layers=spec["moe_layers"], num_experts=EXPERTS, group_size=tokens, router=router, split_rngs=False)
     else:
         router = dict(name="NoisyTopItemsPerExpertRouter", noise_std=1.0,
                       dispatcher=dict(name="einsum", bfloat16=False, capacity_factor=float(spec["k"])))
-    moe = dict(layers=spec["moe_layers"], num_experts=EXPERTS, group_size=2 * tokens, router=router,
-               split_rngs=True)
+    if spec["router"] != "soft":
+        moe = dict(layers=spec["moe_layers"], num_experts=EXPERTS, group_size=2 * tokens, router=router,
+                   split_rngs=True)
     model = vit_moe.VisionTransformerMoe(
         num_classes=CLASSES, patch_size=(PATCH, PATCH), hidden_size=WIDTH, classifier=spec["classifier"],
         representation_size=spec["representation_size"], deterministic=True, head_kernel_zero_init=False,
         head_bias_init=0.0,
         encoder=dict(num_layers=spec["depth"], mlp_dim=MLP, num_heads=HEADS, dropout_rate=0.0,
                      attention_dropout_rate=0.0, moe=moe))
-    return model, dict(group_size=2 * tokens, tokens=tokens)
+    return model, dict(group_size=moe["group_size"], tokens=tokens)
+
+
+def _float32_soft_dispatch() -> None:
+    """vmoe's SoftRouter wraps its dispatcher in a bfloat16 one; the fixture compares logits at 1e-5, so the
+    dispatcher is left in float32 (the only change to vmoe's code path: its routing weights are unchanged)."""
+    from vmoe.projects.soft_moe import router
+
+    router.Bfloat16Dispatcher = lambda dispatcher: dispatcher
 
 
 def _local_gfile() -> None:
@@ -96,6 +112,7 @@ def main(argv=None) -> int:
     parser.add_argument("--vmoe", required=True, help="checkout of google-research/vmoe")
     parser.add_argument("--vit-jax", required=True, help="checkout of google-research/vision_transformer")
     parser.add_argument("--out", default="tests/data/vmoe")
+    parser.add_argument("--only", nargs="*", help="write only these fixtures (default: all)")
     args = parser.parse_args(argv)
     sys.path[:0] = [args.vmoe, args.vit_jax]
     _local_gfile()
@@ -107,9 +124,12 @@ def main(argv=None) -> int:
     from vmoe.nn import vit_moe
     from vmoe.train import train_state as vmoe_train_state
 
+    _float32_soft_dispatch()
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for i, (name, spec) in enumerate(FIXTURES.items()):
+        if args.only and name not in args.only:
+            continue
         model, extra = build(spec, vit_moe, jnp)
         x = np.asarray(jax.random.normal(jax.random.PRNGKey(100 + i), (BATCH, IMAGE, IMAGE, 3)), np.float32)
         variables = model.init({"params": jax.random.PRNGKey(i), "gating": jax.random.PRNGKey(7)}, x)

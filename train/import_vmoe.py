@@ -37,7 +37,7 @@ from .vmoe_checkpoint import VmoeCheckpointError, params_of, read_arrays
 DEFAULT_PRESET = "vmoe-b16-authors"
 # the model fields read from the arrays; a --set may repeat them, not change them
 INFERRED = ("width", "depth", "num_heads", "mlp_dim", "num_experts", "patch_size", "channels", "image_size", "pool",
-            "representation_size", "num_classes", "moe_layers", "dense")
+            "representation_size", "num_classes", "moe_layers", "dense", "soft_moe_normalize", "router", "factor")
 
 
 class UnsupportedCheckpointError(ValueError):
@@ -98,7 +98,7 @@ def infer(params: dict, prefix: str) -> tuple[dict, dict]:
         depth += 1
     if depth == 0:
         raise UnsupportedCheckpointError(f"checkpoint {prefix}: no array 'Encoder/encoderblock_0/...'")
-    heads, mlp_dim, num_experts, moe_layers = None, None, None, []
+    heads, mlp_dim, num_experts, moe_layers, slots = None, None, None, [], []
     for i in range(depth):
         b = f"Encoder/encoderblock_{i}"
         for ln, ours in (("LayerNorm_0", "ln1"), ("LayerNorm_1", "ln2")):
@@ -116,15 +116,19 @@ def infer(params: dict, prefix: str) -> tuple[dict, dict]:
         out[f"blocks/{i}/out_b"] = _take(arrays, f"{b}/SelfAttention/out/bias", prefix, 1)
         if f"{b}/Moe/Router/dense/kernel" in arrays or any(n.startswith(f"{b}/Moe/") for n in arrays):
             moe_layers.append(i)
+            if f"{b}/Moe/Router/mu" in arrays:  # vmoe's Soft MoE (projects/soft_moe/router.py: SoftRouter)
+                out[f"blocks/{i}/router_weight"] = _take(arrays, f"{b}/Moe/Router/mu", prefix, 3)
+                out[f"blocks/{i}/scale"] = np.asarray(_take(arrays, f"{b}/Moe/Router/scale", prefix, 0))
+                slots.append(out[f"blocks/{i}/router_weight"].shape[2])
             kernel = f"{b}/Moe/Router/dense/kernel"
             other = sorted(n for n in arrays if n.startswith(f"{b}/Moe/Router/") and n != kernel)
-            if other:  # Soft MoE's mu and scale, a router bias, ...
+            if other:  # a router bias, a router of another kind, ...
                 raise UnsupportedCheckpointError(
                     f"checkpoint {prefix}: array {other[0]!r} {np.shape(arrays[other[0]])}: ViTMoE's sparse routers "
-                    "have one bias-free (D, E) kernel, 'Moe/Router/dense/kernel' (vmoe's Soft MoE router is not "
-                    "imported)")
-            router = _take(arrays, f"{b}/Moe/Router/dense/kernel", prefix, 2)
-            out[f"blocks/{i}/router_weight"] = router
+                    "have one bias-free (D, E) kernel, 'Moe/Router/dense/kernel', and its Soft MoE 'Moe/Router/mu' "
+                    "(D, E, S) and 'Moe/Router/scale'")
+            if f"blocks/{i}/scale" not in out:
+                out[f"blocks/{i}/router_weight"] = _take(arrays, f"{b}/Moe/Router/dense/kernel", prefix, 2)
             w1 = _take(arrays, f"{b}/Moe/Mlp/Dense_0/kernel", prefix, 3)
             num_experts, mlp_dim = w1.shape[0], w1.shape[2]
             out[f"blocks/{i}/w1"] = w1
@@ -160,6 +164,17 @@ def infer(params: dict, prefix: str) -> tuple[dict, dict]:
                   moe_layers=None if every_2 or not moe_layers else tuple(moe_layers))
     if num_experts is not None:
         fields["num_experts"] = num_experts
+    if slots:
+        if len(slots) != len(moe_layers) or len(set(slots)) != 1:
+            raise UnsupportedCheckpointError(
+                f"checkpoint {prefix}: Soft MoE in some MoE blocks only, or with different slots per expert (S = "
+                f"{slots}); ViTMoE's MoE layers share one router and one S")
+        # Choice: vmoe's SoftRouter always normalizes (tokens and mu to unit norm, a learned scale), as our
+        # soft_moe_normalize=True; each image is one routing group (vmoe's soft_moe configs: group_size = the
+        # image's tokens). The factor is the one whose round(c T / E) is the arrays' S: c = S E / T.
+        tokens = patches + (1 if pool == "cls" else 0)
+        fields |= dict(router="soft_moe", soft_moe_normalize=True, factor=slots[0] * num_experts / tokens,
+                      capacity_rule="round")
     return fields, out
 
 
@@ -189,15 +204,16 @@ def _ours(arrays: dict, config) -> dict[str, np.ndarray]:
     m = config.model
     by_path = {f".{k}": v for k, v in arrays.items() if not k.startswith("blocks/")}
     block_names = ("ln1", "qkv_w", "qkv_b", "out_w", "out_b", "ln2")
-    moe_names = {"router_weight": "moe.router_weight", "w1": "moe.experts.w1", "b1": "moe.experts.b1",
-                 "w2": "moe.experts.w2", "b2": "moe.experts.b2"}
+    moe_names = {"router_weight": "moe.router_weight", "scale": "moe.scale", "w1": "moe.experts.w1",
+                 "b1": "moe.experts.b1", "w2": "moe.experts.w2", "b2": "moe.experts.b2"}
 
     def block(where: str, blocks: list[int], moe: bool, stack):
         for name in block_names:
             by_path[f"{where}.{name}"] = stack(name)
         if moe:
             for name, ours in moe_names.items():
-                by_path[f"{where}.{ours}"] = stack(name)
+                if name != "scale" or f"blocks/{blocks[0]}/scale" in arrays:  # Soft MoE's scale
+                    by_path[f"{where}.{ours}"] = stack(name)
         else:
             for j in range(4):
                 by_path[f"{where}.mlp[{j}]"] = stack(("mlp", j))
