@@ -47,3 +47,4 @@ from ._routing import token_choice_routing as token_choice_routing
 from ._vit import VARIANTS as VARIANTS
 from ._vit import ViTMoE as ViTMoE
 from ._vit import ViTMoEConfig as ViTMoEConfig
+from ._vit import with_layout as with_layout

@@ -68,8 +68,8 @@ class ViTMoEConfig:
     freeze_router: bool = False  # True: the router weights keep their random initialization (the training loop
     # gives them no update): the fixed random-routing control
     dtype: str = "float32"  # compute dtype of the matmuls: "float32" or "bfloat16"
-    scan_layers: bool = False  # True: the pairs of blocks run as a rolled jax.lax.scan (compile time flat in depth);
-    # False: the scan is unrolled (faster on CPU; see ViTMoE)
+    scan_layers: bool = False  # True: Every-2's pairs of blocks, stacked, run as a rolled jax.lax.scan (compile time
+    # flat in depth); False: the blocks in sequence, unrolled (faster on CPU; see ViTMoE)
     # The authors' choices (google-research/vmoe) as switches; each default is the paper's reading (README, "ours vs
     # vmoe"). See MoELayer for the router ones.
     expert_init: str = "independent"  # "shared": all experts of a layer start from one draw (vmoe's split_rngs=False)
@@ -382,14 +382,57 @@ class _Pair(eqx.Module):
     first: _Block  # an MLP block
     second: _Block  # the MoE block (an MLP block too for the dense baseline)
 
-    def __init__(self, config: ViTMoEConfig, *, key):
-        k1, k2 = jax.random.split(key)
-        self.first = _Block(config, False, key=k1)
-        self.second = _Block(config, not config.dense, key=k2)
-
     def __call__(self, x, key, inference):
         x, _ = self.first(x, key, inference)
         return self.second(x, key, inference)
+
+
+def _new_pair(config: ViTMoEConfig, *, key) -> _Pair:
+    k1, k2 = jax.random.split(key)
+    return _Pair(_Block(config, False, key=k1), _Block(config, not config.dense, key=k2))
+
+
+def _unstack(pairs: _Pair) -> tuple[_Block, ...]:
+    """The stacked pairs as the sequence of their blocks: pair i's first block at 2i, its second at 2i + 1."""
+    count = jax.tree.leaves(pairs)[0].shape[0]
+    take = lambda i: lambda a: a[i] if eqx.is_array(a) else a  # noqa: E731
+    return tuple(block for i in range(count) for block in jax.tree.map(take(i), (pairs.first, pairs.second)))
+
+
+def _stack(blocks: tuple[_Block, ...]) -> _Pair:
+    """``_unstack``'s inverse: blocks 0, 2, 4, ... stacked as the pairs' first blocks, 1, 3, 5, ... as their second."""
+    stack = lambda *a: jnp.stack(a) if eqx.is_array(a[0]) else a[0]  # noqa: E731
+    return _Pair(jax.tree.map(stack, *blocks[0::2]), jax.tree.map(stack, *blocks[1::2]))
+
+
+LAYOUTS = ("stacked", "sequence")
+
+
+def with_layout(tree, layout: str):
+    """``tree`` with every ``ViTMoE`` in it (a model, its arrays as ``eqx.filter`` gives them, or an optimizer state
+    holding those) in ``layout``: "stacked" (Every-2's pairs, every array with a leading axis of depth / 2) or
+    "sequence" (the depth blocks in order). The same numbers, copied into the other arrangement.
+
+    >>> model = ViTMoE(ViTMoEConfig(**VARIANTS["micro"], image_size=8, channels=1, num_classes=3, group_images=1),
+    ...                key=jax.random.key(0))
+    >>> model.layout, with_layout(model, "stacked").layout
+    ('sequence', 'stacked')
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
+
+    def one(model):
+        if not isinstance(model, ViTMoE) or model.layout == layout:
+            return model
+        if layout == "stacked":
+            if not model.config.every_2:
+                raise ValueError(f"only Every-2 models can be stacked in pairs; moe_layers = {model.config.moe_layers}")
+            parts = (_stack(model.blocks), None)
+        else:
+            parts = (None, _unstack(model.pairs))
+        return eqx.tree_at(lambda m: (m.pairs, m.blocks), model, parts, is_leaf=lambda x: x is None)
+
+    return jax.tree.map(one, tree, is_leaf=lambda x: isinstance(x, ViTMoE))
 
 
 class ViTMoE(eqx.Module):
@@ -402,11 +445,16 @@ class ViTMoE(eqx.Module):
     few-shot linear probe; ``model.expert_weights(images)`` (L, B, N, E) shows what the routers did, for the
     plots of ``train.visualize``. B must be a multiple of ``config.group_images`` for the sparse routers.
 
-    Choice: with Every-2 (``config.moe_layers`` None, or 1, 3, 5, ... written out) the blocks are stacked pairs
-    (``pairs``, run by ``jax.lax.scan``; ``blocks`` is None), the layout tuned for speed and the one of every
-    checkpoint written before ``moe_layers`` existed. Any other placement (e.g. vmoe's "Last 2",
-    ``moe_layers=(9, 11)`` on 12 blocks) is a plain tuple of ``depth`` blocks (``blocks``; ``pairs`` is None)
-    run by a Python loop: its compile time grows with depth, and it is not the tuned path.
+    Choice: two layouts of the blocks (``model.layout``, ``with_layout`` converts). "sequence": a plain tuple of
+    the ``depth`` blocks (``blocks``; ``pairs`` is None) run by a Python loop; the default, and the only layout of
+    placements other than Every-2 (e.g. vmoe's "Last 2", ``moe_layers=(9, 11)`` on 12 blocks). "stacked": with
+    Every-2 and ``config.scan_layers``, the pairs of blocks with their arrays stacked (``pairs``; ``blocks`` is
+    None), run by a rolled ``jax.lax.scan`` whose compile time does not grow with depth. Stacked arrays cost the
+    step a copy of every pair's weights out of the stack and of its gradients back into it: on CPU the unrolled
+    stacked step took 1.04x the sequence's time and 77 MiB more temporaries (Soft MoE, benchmarks/results/
+    vs_vmoe.md). Both layouts start from the same weights (the sequence is built stacked and unstacked) and use
+    the same noise keys (one per pair with Every-2), so they are one function; checkpoints written in either
+    layout load in both (``train.checkpoint``).
     """
 
     config: ViTMoEConfig = eqx.field(static=True)
@@ -433,8 +481,8 @@ class ViTMoE(eqx.Module):
         self.cls_token = jnp.zeros(config.width) if config.pool == "cls" else None
         if config.every_2:
             keys = jax.random.split(k_pairs, config.depth // 2)
-            self.pairs = eqx.filter_vmap(lambda k: _Pair(config, key=k))(keys)
-            self.blocks = None
+            pairs = eqx.filter_vmap(lambda k: _new_pair(config, key=k))(keys)
+            self.pairs, self.blocks = (pairs, None) if config.scan_layers else (None, _unstack(pairs))
         else:
             keys = jax.random.split(k_pairs, config.depth)
             moe = config.moe_block_indices
@@ -450,6 +498,11 @@ class ViTMoE(eqx.Module):
             self.pre_logits_b = jnp.zeros(features)
         self.head_w = jnp.zeros((features, config.num_classes))  # zero-initialized head, as ViT
         self.head_b = jnp.full(config.num_classes, config.head_bias_init, jnp.float32)  # not weakly typed
+
+    @property
+    def layout(self) -> str:
+        """How the blocks are held: "stacked" (pairs) or "sequence" (see the class docstring)."""
+        return "stacked" if self.pairs is not None else "sequence"
 
     def _moe_blocks(self) -> list[int]:
         """Positions in ``blocks`` of the MoE blocks (the sequence layout only)."""
@@ -524,8 +577,14 @@ class ViTMoE(eqx.Module):
 
     def _sequence(self, images, key, step):
         """The sequence layout's ``_scan``: ``step(block, x, key) -> (x, output)`` over ``blocks`` in a Python loop,
-        one key per block; the outputs of the MoE blocks stacked (None when there are none)."""
-        keys = jax.random.split(jax.random.key(0) if key is None else key, self.config.depth)
+        one key per block (per pair with Every-2, as ``_scan``); the outputs of the MoE blocks stacked (None when
+        there are none)."""
+        key = jax.random.key(0) if key is None else key
+        if self.config.every_2:
+            pair_keys = jax.random.split(key, self.config.depth // 2)
+            keys = [pair_keys[i // 2] for i in range(self.config.depth)]
+        else:
+            keys = jax.random.split(key, self.config.depth)
         x, outputs = self._tokens(images), []
         for block, block_key in zip(self.blocks, keys, strict=True):
             x, output = step(block, x, block_key)

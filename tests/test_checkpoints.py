@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import train
+from optimized import with_layout
 from train import checkpoint
 from train import workdir as files
 from train.preemption import EXIT_STATUS
@@ -115,7 +116,7 @@ def test_old_format_is_refused_with_how_to_convert_and_converts(two_checkpoints,
     # a checkpoint as the equinox-format train/checkpoint.py wrote it: step_*.eqx + a .json record
     state = checkpoint.restore(checkpoint.latest(source), _like(config))
     path = workdir / "checkpoints" / "step_00000002.eqx"
-    eqx.tree_serialise_leaves(path, state)
+    eqx.tree_serialise_leaves(path, with_layout(state, "stacked"))  # that format predates the sequence layout
     record = {"step": 2, "sha256": checkpoint.digest(path), "file": path.name}
     path.with_suffix(".json").write_text(json.dumps(record))
     with pytest.raises(checkpoint.CorruptCheckpointError, match=r"old format .*`python -m train.convert_checkpoints"):
@@ -125,6 +126,31 @@ def test_old_format_is_refused_with_how_to_convert_and_converts(two_checkpoints,
     assert convert([str(workdir)]) == 0
     assert (workdir / "checkpoints" / "eqx-format" / path.name).exists()
     _assert_same(checkpoint.restore(checkpoint.latest(workdir), _like(config)), state)
+
+
+def test_a_checkpoint_in_the_stacked_layout_loads_and_resumes_in_the_sequence_layout(two_checkpoints, tmp_path,
+                                                                                    tiny_data):
+    # every checkpoint written before the sequence layout became the default holds Every-2's stacked pairs
+    source, config = two_checkpoints
+    state = checkpoint.restore(checkpoint.latest(source), _like(config))
+    assert state[0].layout == "sequence"
+    workdir = tmp_path / "stacked"
+    workdir.mkdir()
+    shutil.copy(source / "config.json", workdir / "config.json")
+    stacked = with_layout(state, "stacked")
+    assert stacked[0].layout == "stacked"
+    assert [a.shape for a in _leaves(stacked)] != [a.shape for a in _leaves(state)]  # (1, ...): one pair stacked
+    checkpoint.save(workdir, 2, *stacked)
+    _assert_same(checkpoint.restore(checkpoint.latest(workdir), _like(config)), state)
+    model, _ = train.load_model(workdir)
+    assert model.layout == "sequence"
+    _assert_same(model, state[0])
+    # resumed from the stacked checkpoint, the run ends where the one resumed from its own checkpoint ends
+    train.train_and_evaluate(config, workdir, progress=False, dataset=tiny_data)
+    reference = tmp_path / "reference"
+    shutil.copytree(source, reference)
+    train.train_and_evaluate(config, reference, progress=False, dataset=tiny_data)
+    _assert_same(train.load_model(workdir)[0], train.load_model(reference)[0])
 
 
 # ------------------------------------------------------------------------------------------------ preemption

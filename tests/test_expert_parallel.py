@@ -7,7 +7,7 @@ from conftest import eight_device_output, start_eight_device_suite
 from jax.sharding import PartitionSpec as P
 
 import train
-from optimized import EXPERT, ViTMoE, make_mesh, shardings
+from optimized import EXPERT, ViTMoE, make_mesh, shardings, with_layout
 from train.config import Config, override
 from train.presets import resolve
 
@@ -43,11 +43,15 @@ def test_one_device_mesh_and_expert_shardings():
     assert dict(mesh.shape) == {"data": 1, "expert": 1}
     model = ViTMoE(resolve("tiny").model, key=jax.random.key(0))
     specs = shardings(model, mesh)
-    # the stacked pairs put the E axis second for expert arrays; every other array is replicated
-    assert specs.pairs.second.moe.experts.w1.spec == P(None, EXPERT)
-    assert specs.pairs.second.moe.experts.b2.spec == P(None, EXPERT)
-    assert specs.pairs.second.moe.router_weight.spec == P()
-    assert specs.pairs.first.qkv_w.spec == P() and specs.head_w.spec == P()
+    # expert arrays split along E, their first axis; every other array is replicated
+    assert specs.blocks[1].moe.experts.w1.spec == P(EXPERT)
+    assert specs.blocks[1].moe.experts.b2.spec == P(EXPERT)
+    assert specs.blocks[1].moe.router_weight.spec == P()
+    assert specs.blocks[0].qkv_w.spec == P() and specs.head_w.spec == P()
+    # the stacked pairs put the E axis second
+    stacked = shardings(with_layout(model, "stacked"), mesh)
+    assert stacked.pairs.second.moe.experts.w1.spec == P(None, EXPERT)
+    assert stacked.pairs.second.moe.experts.b2.spec == P(None, EXPERT)
 
 
 def test_mesh_options_and_old_configs():

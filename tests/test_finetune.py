@@ -81,7 +81,7 @@ def test_new_head_and_resized_posemb(source, tiny):
     for i, j in ((0, 0), (0, 3), (3, 0), (3, 3)):
         np.testing.assert_allclose(q[i, j], p[i // 3, j // 3], atol=1e-6)
     np.testing.assert_allclose(q[0, 1], p[0, 0] * 2 / 3 + p[0, 1] / 3, atol=1e-6)
-    np.testing.assert_allclose(model.pairs.second.moe.experts.w1, trained.pairs.second.moe.experts.w1)
+    np.testing.assert_allclose(model.blocks[1].moe.experts.w1, trained.blocks[1].moe.experts.w1)
 
 
 def test_init_from_command_line_starts_at_step_0(source, tmp_path, capsys):
@@ -96,7 +96,7 @@ def test_init_from_command_line_starts_at_step_0(source, tmp_path, capsys):
     assert first["step"] == 1  # a fresh run: step 0, not the source's step 4
     model, _ = load_model(target)
     # one step of AdamW (learning rate warmed up from 0 over 1 step: the step at learning rate 0) from the source
-    np.testing.assert_allclose(model.pairs.first.qkv_w, trained.pairs.first.qkv_w, atol=1e-6)
+    np.testing.assert_allclose(model.blocks[0].qkv_w, trained.blocks[0].qkv_w, atol=1e-6)
     np.testing.assert_allclose(model.pos_embed, resize_posemb(trained.pos_embed, 2, 4, False), atol=1e-6)
 
 

@@ -181,7 +181,7 @@ def test_vit_with_capacity_changes_every_moe_layer_and_runs_under_jit():
     model = tiny_vit("softmax_expert_choice")
     wide = model.with_capacity(2)
     assert (model.capacity_factor, wide.capacity_factor) == (1.0, 2.0)
-    assert (model.pairs.second.moe.capacity, wide.pairs.second.moe.capacity) == (2, 4)
+    assert [(model.blocks[i].moe.capacity, wide.blocks[i].moe.capacity) for i in (1, 3)] == [(2, 4)] * 2
     assert wide.config == model.config  # the config stays the one the weights were trained with
     assert all(a is b for a, b in zip(jax.tree_util.tree_leaves(model), jax.tree_util.tree_leaves(wide), strict=True))
     # with_capacity only changes static fields, so it also runs on traced arrays inside jit. Expert Choice fills
@@ -222,7 +222,7 @@ def test_fewshot_cli_evaluates_at_another_capacity(tmp_path, capsys):
     config = resolve("tiny", steps=3, overrides=("eval_every=100",))
     train.train_and_evaluate(config, tmp_path, stop_after=2, progress=False)
     model, _, step = load_trained(tmp_path, capacity_factor=2)
-    assert step == 2 and model.pairs.second.moe.capacity == 4
+    assert step == 2 and model.blocks[1].moe.capacity == 4
     assert float(jnp.abs(model.head_w).max()) > 0  # the trained weights were restored (the head starts at zero)
     assert main(["--workdir", str(tmp_path), "--capacity-factor", "2", "--probe-only"]) == 0
     assert "step 2 at capacity factor 2: 5-shot linear probe" in capsys.readouterr().out

@@ -214,10 +214,10 @@ def test_vit_capacity_factor_below_k_for_token_choice():
     config = O.ViTMoEConfig(**O.VARIANTS["micro"], image_size=16, channels=1, num_classes=3, group_images=2,
                             router="softmax_token_choice", capacity_factor=0.5)  # fmt: skip
     model = O.ViTMoE(config, key=jax.random.key(0))
-    assert model.pairs.second.moe.capacity == 4 and model.capacity_factor == 0.5
+    assert model.blocks[1].moe.capacity == 4 and model.capacity_factor == 0.5
     _, aux = model(jnp.ones((2, 16, 16, 1)), key=jax.random.key(1), inference=False)
     assert float(aux["moe"]["dropped_fraction"][0]) >= 0.5
-    assert O.ViTMoE(config.replace(capacity_factor=None), key=jax.random.key(0)).pairs.second.moe.capacity == 8
+    assert O.ViTMoE(config.replace(capacity_factor=None), key=jax.random.key(0)).blocks[1].moe.capacity == 8
     with pytest.raises(ValueError, match="capacity_factor"):
         config.replace(capacity_factor=0).validate()
     with pytest.raises(ValueError, match="random_routing=True needs a sparse router"):
@@ -269,9 +269,9 @@ def test_tiny_vit_moe_overfits_a_handful_of_images(router):
 
 @pytest.mark.parametrize("router", ["softmax_token_choice", "soft_moe"])
 def test_vit_scan_layers_and_written_out_backward_match_autodiff(router):
-    # The unrolled pairs (the default) and the rolled scan are one function; the layer norm and matmuls with
-    # written-out backward passes (optimized._vit) give autodiff's gradients; the experts run on (E, G * C, D)
-    # give the per-group layer's outputs.
+    # The sequence of blocks (the default) and the rolled scan over stacked pairs are one function; the layer norm
+    # and matmuls with written-out backward passes (optimized._vit) give autodiff's gradients; the experts run on
+    # (E, G * C, D) give the per-group layer's outputs.
     from optimized._vit import _layer_norm_forward, _matmul
 
     config = tiny_config(router, depth=4, pool="cls", soft_moe_normalize=router == "soft_moe")
@@ -283,8 +283,8 @@ def test_vit_scan_layers_and_written_out_backward_match_autodiff(router):
         logits, aux = model(images, key=jax.random.key(2))
         return (logits**2).sum() + aux["loss"]
 
-    for a, b in zip(jax.tree.leaves(eqx.filter_grad(loss)(model)), jax.tree.leaves(eqx.filter_grad(loss)(rolled)),
-                    strict=True):  # fmt: skip
+    rolled_grads = O.with_layout(eqx.filter_grad(loss)(rolled), "sequence")
+    for a, b in zip(jax.tree.leaves(eqx.filter_grad(loss)(model)), jax.tree.leaves(rolled_grads), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     x = jax.random.normal(jax.random.key(3), (2, 5, 16)) * 3 + 1
     scale, bias = jax.random.normal(jax.random.key(4), (2, 16))
@@ -302,9 +302,7 @@ def test_vit_scan_layers_and_written_out_backward_match_autodiff(router):
         theirs = jax.vjp(plain, x, scale, bias)[1](g)
         for a, b in zip(mine, theirs, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-    layer = model.pairs.second.moe
-    layer = jax.tree.map(lambda a: a[0], eqx.filter(layer, eqx.is_array))
-    layer = eqx.combine(layer, eqx.filter(model.pairs.second.moe, eqx.is_array, inverse=True))
+    layer = model.blocks[1].moe
     groups = jax.random.normal(jax.random.key(8), (2, config.group_size, config.width))
     keys = jax.random.split(jax.random.key(9), 2)
     y, _ = O.moe_over_groups(layer, groups, keys, False)

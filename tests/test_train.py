@@ -225,8 +225,8 @@ def test_frozen_router_gets_no_update(tmp_path, tiny, tiny_data):
 
     trained = saved_params(tmp_path, config)[0]
     initial = ViTMoE(config.model, key=jax.random.split(jax.random.key(config.seed))[0])
-    np.testing.assert_array_equal(trained.pairs.second.moe.router_weight, initial.pairs.second.moe.router_weight)
-    assert not np.array_equal(trained.pairs.second.moe.experts.w1, initial.pairs.second.moe.experts.w1)
+    np.testing.assert_array_equal(trained.blocks[1].moe.router_weight, initial.blocks[1].moe.router_weight)
+    assert not np.array_equal(trained.blocks[1].moe.experts.w1, initial.blocks[1].moe.experts.w1)
 
 
 def test_progress_bar_shows_rate_and_can_be_turned_off(tmp_path, tiny, tiny_data, capsys):

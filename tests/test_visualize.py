@@ -99,13 +99,13 @@ IMAGES = jax.random.normal(jax.random.key(2), (4, 8, 8, 1))  # B = 4 images of N
 def first_layer_by_hand(model, images):
     # The tokens entering block 1: patch embedding (+ class token) + position, then block 0 (an MLP block);
     # block 1 routes LN2(Attention(x)) in groups of group_images consecutive images (one image for Soft MoE).
-    pair = jax.tree_util.tree_map(lambda a: a[0], model.pairs)
-    x, _ = pair.first(model._tokens(images), jax.random.key(0), True)
-    h = _layer_norm(pair.second._attention(x), *pair.second.ln2)
+    first, second = model.blocks[:2]
+    x, _ = first(model._tokens(images), jax.random.key(0), True)
+    h = _layer_norm(second._attention(x), *second.ln2)
     b, n, d = h.shape
     per_group = 1 if model.config.router == "soft_moe" else model.config.group_images
     groups = h.reshape(b // per_group, per_group * n, d)
-    weights = jax.vmap(lambda g: pair.second.moe.token_expert_weights(g, inference=True))(groups)
+    weights = jax.vmap(lambda g: second.moe.token_expert_weights(g, inference=True))(groups)
     weights = weights.reshape(b, n, -1)
     return weights[:, 1:] if model.config.pool == "cls" else weights
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from optimized import VARIANTS, MoELayer, ViTMoE, ViTMoEConfig
+from optimized import VARIANTS, MoELayer, ViTMoE, ViTMoEConfig, with_layout
 from optimized._route import sparse_capacity, sparse_routing, vmoe_capacity
 from optimized._routing import expert_choice_routing
 from train.config import override
@@ -43,7 +43,7 @@ def test_shared_expert_init_gives_every_expert_the_same_weights():
     assert abs(float(jnp.std(shared.experts.w1[0])) / float(jnp.std(independent.experts.w1)) - 1) < 0.35
     # in the ViT: experts equal within each layer, the layers drawn apart
     model = ViTMoE(MICRO.replace(depth=4, expert_init="shared"), key=jax.random.key(1))
-    w1 = model.pairs.second.moe.experts.w1  # (layers, E, D, H)
+    w1 = jnp.stack([model.blocks[i].moe.experts.w1 for i in (1, 3)])  # (layers, E, D, H)
     np.testing.assert_array_equal(w1[:, 1:], jnp.broadcast_to(w1[:, :1], w1[:, 1:].shape))
     assert not np.array_equal(w1[0, 0], w1[1, 0])
 
@@ -153,12 +153,15 @@ def test_moe_layers_place_the_routers():
 def test_moe_layers_every_2_written_out_is_the_default_layout():
     default = ViTMoE(MICRO.replace(depth=4), key=jax.random.key(0))
     explicit = ViTMoE(MICRO.replace(depth=4, moe_layers=(1, 3)), key=jax.random.key(0))
-    assert default.blocks is None and explicit.blocks is None  # the tuned pairs, the checkpoints' layout
+    assert default.layout == explicit.layout == "sequence"
     for a, b in zip(jax.tree.leaves(default), jax.tree.leaves(explicit), strict=True):
         np.testing.assert_array_equal(a, b)
-    # the default model's arrays are those of the layout before moe_layers existed: no new leaves
-    names = {str(path[0]) for path, _ in jax.tree_util.tree_leaves_with_path(default)}
+    # stacked, the default model's arrays are those of the layout before moe_layers existed: no new leaves
+    names = {str(path[0]) for path, _ in jax.tree_util.tree_leaves_with_path(with_layout(default, "stacked"))}
     assert names == {".patch_w", ".patch_b", ".pos_embed", ".pairs", ".final_ln", ".head_w", ".head_b"}
+    rolled = ViTMoE(MICRO.replace(depth=4, scan_layers=True), key=jax.random.key(0))
+    for a, b in zip(jax.tree.leaves(rolled), jax.tree.leaves(with_layout(default, "stacked")), strict=True):
+        np.testing.assert_array_equal(a, b)  # the same initial weights in both layouts
 
 
 @pytest.mark.parametrize(
@@ -234,7 +237,7 @@ def test_vmoe_capacity_rule_in_the_layer_and_the_model():
     assert layer.with_capacity(1).capacity == 16  # with_capacity keeps the rule: k = 1 -> 14 -> 16
     model = ViTMoE(MICRO.replace(capacity_rule="vmoe", router="softmax_token_choice"), key=jax.random.key(0))
     # T = 2 images * 4 patches = 8, E = 4, k = 1: ceil(8 * 1.05 / 4) = ceil(2.1) = 3 -> 4 (round rule: 2)
-    assert model.pairs.second.moe.capacity == 4
+    assert model.blocks[1].moe.capacity == 4
     with pytest.raises(ValueError, match="capacity_rule must be one of round, vmoe; got 'x'"):
         MICRO.replace(capacity_rule="x").validate()
     with pytest.raises(ValueError, match="capacity_rule='vmoe' is for the sparse routers"):
@@ -300,7 +303,7 @@ def test_authors_presets_are_vmoes_models():
     shapes = jax.eval_shape(lambda: ViTMoE(b32, key=jax.random.key(0)))
     assert sum(leaf.size for leaf in jax.tree.leaves(shapes)) == 966_744_040 + 590_592
     # T = 8 * (7 * 7 + 1) = 400 tokens, E = 32, k = 2: ceil(800 * 1.05 / 32) = 27 -> 28
-    assert shapes.pairs.second.moe.capacity == 28
+    assert shapes.blocks[1].moe.capacity == 28
 
 
 def test_a_run_saved_before_the_switches_resumes_with_the_same_command():

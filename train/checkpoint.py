@@ -22,7 +22,8 @@ next step, before that step is recorded): a step is deleted only once a newer on
 moment leaves at least ``keep`` complete steps (once ``keep`` were saved). A deleted step is first renamed
 (``<step>.deleting-*``), so a kill during the deletion never leaves a half-deleted step under its own name.
 
-Imports nothing of ``train``.
+Imports nothing of ``train``; of ``optimized``, the model class and ``with_layout`` (a checkpoint of either layout of
+blocks loads in both).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from pathlib import Path
 import equinox as eqx
 import jax
 import numpy as np
+
+from optimized import ViTMoE, with_layout
 
 KEEP = 2  # the newest checkpoints kept on disk
 ITEMS = ("model", "opt_state")
@@ -261,19 +264,48 @@ def _fill(like, leaves: list):
     return eqx.combine(jax.tree.unflatten(treedef, leaves), static)
 
 
-def _check_shapes(reader, step_dir: Path, name: str, like) -> None:
-    """Refuse an item whose stored arrays (orbax's metadata, read without the arrays) differ from ``like``'s in
-    number, shape or dtype: a checkpoint of another model. Checked before any array is read, since an orbax
-    restore that fails midway leaves its asynchronous tasks to print "Event loop is closed" tracebacks at exit."""
+def _stored(reader, step_dir: Path, name: str):
     import logging
 
     absl = logging.getLogger("absl")
     level = absl.level
     absl.setLevel(logging.ERROR)  # orbax warns that a per-item metadata file it does not need is absent
     try:
-        stored = reader.metadata(step_dir / name).item_metadata.tree
+        return reader.metadata(step_dir / name).item_metadata.tree
     finally:
         absl.setLevel(level)
+
+
+def _fits(stored, like) -> bool:
+    want = _abstract(like)
+    return isinstance(stored, list) and len(stored) == len(want) and all(
+        tuple(have.shape) == tuple(spec.shape) and np.dtype(have.dtype) == np.dtype(spec.dtype)
+        for have, spec in zip(stored, want, strict=True)
+    )
+
+
+def _in_stored_layout(stored, like):
+    """``like`` in the layout of blocks (``optimized.with_layout``) the stored arrays were saved in: a checkpoint
+    written by a model in the other layout (e.g. before the sequence layout became the default) fits that one."""
+    if _fits(stored, like):
+        return like
+    layout = _layout(like)
+    if layout is None:
+        return like
+    other = with_layout(like, "stacked" if layout == "sequence" else "sequence")
+    return other if _fits(stored, other) else like
+
+
+def _layout(tree) -> str | None:
+    """The layout of the Every-2 ``ViTMoE`` in ``tree``; None when it holds none (or another MoE placement)."""
+    models = [m for m in jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, ViTMoE)) if isinstance(m, ViTMoE)]
+    return models[0].layout if models and models[0].config.every_2 else None
+
+
+def _check_shapes(stored, step_dir: Path, name: str, like) -> None:
+    """Refuse an item whose stored arrays (orbax's metadata, read without the arrays) differ from ``like``'s in
+    number, shape or dtype: a checkpoint of another model. Checked before any array is read, since an orbax
+    restore that fails midway leaves its asynchronous tasks to print "Event loop is closed" tracebacks at exit."""
     want = _abstract(like)
     what = "this model" if name == "model" else "this optimizer state"
     if not isinstance(stored, list) or len(stored) != len(want):
@@ -298,19 +330,28 @@ def restore(meta: dict, like, items: tuple[str, ...] = ITEMS):
         raise CorruptCheckpointError(f"checkpoint {step_dir} is missing")
     _verify(step_dir, items)
     likes = (like,) if len(items) == 1 else tuple(like)
-    args = {name: ocp.args.StandardRestore(_abstract(tree)) for name, tree in zip(items, likes, strict=True)}
     try:
         with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as reader:
-            for name, tree in zip(items, likes, strict=True):  # before orbax reads: its failed reads leave noise
-                _check_shapes(reader, step_dir, name, tree)
+            stored = {name: _stored(reader, step_dir, name) for name in items}
+            saved = [_in_stored_layout(stored[name], tree) for name, tree in zip(items, likes, strict=True)]
+            for name, tree in zip(items, saved, strict=True):  # before orbax reads: its failed reads leave noise
+                _check_shapes(stored[name], step_dir, name, tree)
+            args = {name: ocp.args.StandardRestore(_abstract(tree)) for name, tree in zip(items, saved, strict=True)}
             restored = {name: reader.restore(step_dir / name, args=arg) for name, arg in args.items()}
     except CorruptCheckpointError:
         raise
     except Exception as err:  # a checkpoint of another model, or unreadable files of the right digest
         what = "this model" if items == ("model",) else "this model and optimizer"
         raise CorruptCheckpointError(f"checkpoint {step_dir} does not fit {what}: {err}") from err
-    out = tuple(_fill(tree, list(restored[name])) for name, tree in zip(items, likes, strict=True))
-    return out[0] if len(items) == 1 else out
+    out = []
+    for name, tree, stored_tree in zip(items, likes, saved, strict=True):
+        value = _fill(stored_tree, list(restored[name]))
+        if stored_tree is not tree:  # saved in the other layout of blocks: rearranged, on the shardings of ``tree``
+            arrays = _arrays(with_layout(value, _layout(tree)))
+            value = _fill(tree, [jax.device_put(a, spec.sharding) for a, spec in
+                                 zip(arrays, _abstract(tree), strict=True)])  # fmt: skip
+        out.append(value)
+    return out[0] if len(items) == 1 else tuple(out)
 
 
 class Checkpoints:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import equinox as eqx
 
+from optimized import with_layout
+
 from .checkpoint import CorruptCheckpointError, digest, directory_of, legacy_files, save
 from .state import init_state
 from .workdir import saved_config
@@ -27,6 +29,9 @@ def convert(workdir) -> list[int]:
     workdir = Path(workdir)
     directory = directory_of(workdir)
     model, opt_state, _, _ = init_state(saved_config(workdir))
+    layout = model.layout
+    # the old format predates the sequence layout: its files hold Every-2's stacked pairs
+    model, opt_state = with_layout((model, opt_state), "stacked") if model.config.every_2 else (model, opt_state)
     old_dir = directory / "eqx-format"
     loaded = {}
     for path in legacy_files(directory):
@@ -39,7 +44,7 @@ def convert(workdir) -> list[int]:
         for p in (path, path.with_suffix(".json")):
             os.replace(p, old_dir / p.name)
     for step, (m, o) in sorted(loaded.items()):
-        save(workdir, step, m, o)
+        save(workdir, step, *with_layout((m, o), layout))
     return sorted(loaded)
 
 

@@ -225,7 +225,7 @@ def _ours(arrays: dict, config) -> dict[str, np.ndarray]:
             return _stack(arrays, blocks, name)
         return get
 
-    if m.every_2:
+    if m.every_2 and m.scan_layers:  # the stacked layout (optimized.ViTMoE)
         firsts, seconds = list(range(0, m.depth, 2)), list(range(1, m.depth, 2))
         block(".pairs.first", firsts, False, getter(firsts))
         block(".pairs.second", seconds, not m.dense, getter(seconds))
