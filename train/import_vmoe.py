@@ -3,7 +3,8 @@
     python -m train.import_vmoe CHECKPOINT --workdir DIR [--preset P] [--set key=value ...]
 
 CHECKPOINT is the checkpoint's prefix (or its ``.index``): a params-only file or a training state, either index layout
-(``train.vmoe_checkpoint``). The architecture is read from the arrays: width, depth, heads (the attention kernels are
+(``train.vmoe_checkpoint``; an old-layout state only when the file agrees with vmoe's TrainState order).
+The architecture is read from the arrays: width, depth, heads (the attention kernels are
 (D, heads, D / heads)), MLP size, experts, patch size, channels, image size (from the position embedding's rows),
 pooling (a ``cls`` array: class token; none: GAP), pre-logits, classes and the MoE blocks. What the arrays cannot say
 (the router, k or c, images per routing group, the capacity rule, the data) comes from ``--preset`` (default
