@@ -1,8 +1,10 @@
-"""Fine-tuning (``python -m train --init-from DIR``, ``train.finetune``): from a trained tiny run's weights."""
+"""Fine-tuning (``python -m train --init-from DIR_OR_CHECKPOINT``, ``train.finetune``): from a trained tiny run's
+weights, from a workdir imported from vmoe and from a vmoe checkpoint directly."""
 
 from __future__ import annotations
 
 import json
+import pathlib
 
 import equinox as eqx
 import jax
@@ -11,11 +13,15 @@ import pytest
 import scipy.ndimage
 
 from train.__main__ import main
-from train.finetune import initialize_from, resize_posemb
+from train.finetune import from_source, initialize_from, resize_posemb
+from train.import_vmoe import build_config, import_checkpoint, infer, to_model
 from train.presets import resolve
 from train.state import init_model
 from train.trained import load_model
 from train.trainer import train_and_evaluate
+from train.vmoe_checkpoint import params_of, read_arrays
+
+VMOE = pathlib.Path(__file__).parent / "data" / "vmoe"
 
 
 @pytest.fixture(scope="module")
@@ -120,14 +126,102 @@ def test_refused_architectures_name_the_field(source, tmp_path, overrides, messa
     assert not target.exists()  # refused before anything is written
 
 
-def test_init_from_a_path_that_is_not_a_workdir(tmp_path):
+def test_init_from_a_path_that_is_not_a_source(tmp_path):
     config = resolve("tiny")
-    with pytest.raises(ValueError, match="no such directory"):
+    with pytest.raises(ValueError, match="no such directory, nor a vmoe checkpoint"):
         train_and_evaluate(config.replace(init_from=str(tmp_path / "missing")), tmp_path / "a", progress=False)
-    (tmp_path / "ckpt.index").write_bytes(b"")
-    with pytest.raises(ValueError, match=r"a vmoe checkpoint, not a workdir; convert it first with python -m "
-                       r"train.import_vmoe"):  # fmt: skip
+    (tmp_path / "ckpt.index").write_bytes(b"")  # an index file that is not one: refused naming it
+    with pytest.raises(ValueError, match=r"ckpt.index. is truncated \(0 bytes\)"):
         train_and_evaluate(config.replace(init_from=str(tmp_path / "ckpt")), tmp_path / "b", progress=False)
     with pytest.raises(ValueError, match=r"not a training workdir \(no config.json\)"):
         train_and_evaluate(config.replace(init_from=str(tmp_path)), tmp_path / "c", progress=False)
     assert not any((tmp_path / name).exists() for name in "abc")
+
+
+# tests/data/vmoe/tc_k1_token_every2: width 8, depth 4, 2 heads, MLP 16, 4 experts on blocks 1 and 3, patch 4,
+# 8 px RGB, class token, 5 classes; what the arrays cannot say, as the fixture's model had it (test_import_vmoe.py)
+VMOE_SETS = ("model.factor=1", "model.group_images=2")
+RUN = ["--preset", "tiny", "--no-progress", "--steps", "1"]
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("imported") / "vmoe"
+    import_checkpoint(VMOE / "tc_k1_token_every2", workdir, sets=VMOE_SETS)
+    return workdir
+
+
+def _sets(*assignments):
+    return [arg for a in assignments for arg in ("--set", a)]
+
+
+def test_init_from_takes_the_architecture_from_the_source(imported, tmp_path):
+    # --preset tiny says width 32, 1 channel, GAP, 10 classes; the source says width 8, RGB, class token, 5 classes:
+    # the model is the source's, the data (digits, 10 classes, 8 px) the preset's, its channels the source's
+    target = tmp_path / "ft"
+    assert main([*RUN, "--init-from", str(imported), "--workdir", str(target)]) == 0
+    saved = json.loads((target / "config.json").read_text())
+    source = json.loads((imported / "config.json").read_text())
+    for name, value in source["model"].items():
+        expected = {"num_classes": 10, "image_size": 8}.get(name, value)
+        assert saved["model"][name] == expected, name
+    assert (saved["data"]["name"], saved["data"]["channels"]) == ("digits", 3)
+    model, _ = load_model(target)
+    trained, _ = load_model(imported)
+    got, theirs = _arrays(model), _arrays(trained)
+    for name in got:  # one step at learning rate 0 (warmup from 0): the source's weights but the new head
+        if name not in (".head_w", ".head_b"):
+            np.testing.assert_allclose(got[name], theirs[name], atol=1e-6, err_msg=name)
+    assert got[".head_w"].shape == (8, 10)
+
+
+def test_init_from_a_vmoe_checkpoint_directly(tmp_path):
+    # no workdir written for the source: the arrays read into memory, what they cannot say from --preset/--set
+    target = tmp_path / "ft"
+    argv = [*RUN, "--init-from", str(VMOE / "tc_k1_token_every2"), "--workdir", str(target), *_sets(*VMOE_SETS)]
+    assert main(argv) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ft"]
+    fields, arrays = infer(params_of(read_arrays(VMOE / "tc_k1_token_every2")), "fixture")
+    expected = _arrays(to_model(arrays, build_config(fields, "vmoe-b16-authors", VMOE_SETS, "fixture")))
+    got = _arrays(load_model(target)[0])
+    assert got.keys() == expected.keys()
+    for name in got:
+        if name not in (".head_w", ".head_b"):
+            np.testing.assert_allclose(got[name], expected[name], atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize(
+    ("source", "assignments", "message"),
+    [
+        ("imported", ("model.width=16",), "model.width is 8 there and 16 here"),
+        ("imported", ("model.pool=gap",), "model.pool is 'cls' there and 'gap' here"),
+        ("checkpoint", (*VMOE_SETS, "model.num_experts=8"), "model.num_experts is 4 there and 8 here"),
+        ("checkpoint", (*VMOE_SETS, "model.channels=1", "data.channels=1"), "model.channels is 3 there and 1 here"),
+        ("checkpoint", (*VMOE_SETS, "model.router=soft_moe"), "a sparse router's kernel W (D, E) there"),
+    ],
+)
+def test_a_set_contradicting_the_source_is_refused_naming_both_values(
+    imported, tmp_path, capsys, source, assignments, message
+):
+    path = imported if source == "imported" else VMOE / "tc_k1_token_every2"
+    target = tmp_path / "ft"
+    with pytest.raises(SystemExit):
+        main([*RUN, "--init-from", str(path), "--workdir", str(target), *_sets(*assignments)])
+    assert message in capsys.readouterr().err
+    assert not target.exists()
+
+
+def test_fine_tuning_fields_may_change_and_soft_moe_keeps_its_slots(imported):
+    # vmoe's Soft MoE fixture: 8 px, patch 4, GAP: T = 4 tokens, E = 4, S = 2 slots (c = S E / T = 2); at 16 px
+    # T = 16, so S = 2 needs c = 2 * 4 / 16 = 0.5
+    config = resolve("tiny", overrides=("model.image_size=16", "data.image_size=16", "model.group_images=4"))
+    config = from_source(config.replace(init_from=str(VMOE / "soft_gap_every2")),
+                         ["model.image_size", "data.image_size", "model.group_images"])  # fmt: skip
+    assert (config.model.router, config.model.factor, config.model.image_size) == ("soft_moe", 0.5, 16)
+    assert config.model.group_images == 4  # named: the user's value
+    # the imported workdir's router (vmoe-b16-authors: Softmax Token Choice, k = 1 here) unless named
+    tiny = resolve("tiny", overrides=("model.router=softmax_expert_choice", "model.factor=2"))
+    config = from_source(tiny.replace(init_from=str(imported)), [])
+    assert (config.model.router, config.model.factor, config.model.width) == ("softmax_token_choice", 1, 8)
+    config = from_source(tiny.replace(init_from=str(imported)), ["model.router", "model.factor"])
+    assert (config.model.router, config.model.factor, config.model.width) == ("softmax_expert_choice", 2, 8)

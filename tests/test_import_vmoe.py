@@ -20,6 +20,7 @@ DATA = pathlib.Path(__file__).parent / "data" / "vmoe"
 SETS = {
     "tc_k1_token_every2": ("model.factor=1", "model.group_images=2"),
     "tc_k2_gap_prelogits_state": ("model.factor=2", "model.group_images=2"),
+    "tc_k2_gap_prelogits_state_old": ("model.factor=2", "model.group_images=2"),
     "ec_gap_last2_old": ("model.router=softmax_expert_choice", "model.factor=2", "model.group_images=2"),
     "tc_k1_token_every2_old": ("model.factor=1", "model.group_images=2"),
     "soft_gap_every2": (),  # Soft MoE: router, factor (c = S E / T) and normalization read from the arrays
@@ -39,7 +40,7 @@ def test_logits_equal_vmoes(name):
     model, _ = _model(name)
     expected = np.load(DATA / f"{name}.npz")
     logits, _ = model(jnp.asarray(expected["x"]), inference=True)
-    # seen: max abs difference 1.5e-6 or less over the four fixtures (logits of order 1)
+    # seen: max abs difference 1.4e-6 or less over the six fixtures (logits of order 1)
     np.testing.assert_allclose(np.asarray(logits), expected["logits"], rtol=0, atol=1e-5)
 
 
@@ -130,12 +131,44 @@ def test_set_contradicting_the_arrays(tmp_path):
              sets=("model.num_experts=8",))
 
 
-def test_old_layout_training_state_is_refused_not_guessed(tmp_path):
+def test_old_layout_training_state_is_read_by_vmoes_trainstate_order():
+    # written by vmoe's pre-2022-06 writer (tools/make_vmoe_fixtures.py): arrays numbered step, params, opt_state, rngs
+    state = read_arrays(DATA / "tc_k2_gap_prelogits_state_old")
+    assert sorted(state) == ["params", "rngs", "step"]  # the optimizer state checked, not returned
+    assert int(state["step"]) == 1 and state["rngs"]["gating"].dtype == np.uint32
+
+
+def _without_version(name: str, tmp_path: pathlib.Path, edit=None) -> pathlib.Path:
     import msgpack
 
-    prefix = _copy("tc_k2_gap_prelogits_state", tmp_path)
-    index = tmp_path / "tc_k2_gap_prelogits_state.index"
+    prefix = _copy(name, tmp_path)
+    index = tmp_path / f"{name}.index"
     content = msgpack.unpackb(index.read_bytes(), ext_hook=msgpack.ExtType, raw=False, strict_map_key=False)
-    del content["version"]  # the old layout: vmoe's own index, without its version key
+    content.pop("version", None)  # the old layout: vmoe's own index, without its version key
+    if edit is not None:
+        edit(content["index"])
     index.write_bytes(msgpack.packb(content, use_bin_type=True))
-    _refused(tmp_path, prefix, VmoeCheckpointError, "training state in the old layout")
+    return prefix
+
+
+def test_old_layout_training_state_numbered_otherwise_is_refused_not_guessed(tmp_path):
+    # a version-20220622 state (arrays numbered in sorted order: opt_state, params, rngs, step) with its version key
+    # removed: read as the old layout, Adam's count would be the step and its moments the params; refused instead
+    prefix = _without_version("tc_k2_gap_prelogits_state", tmp_path)
+    _refused(tmp_path, prefix, VmoeCheckpointError, "not what the index records|the shards do not match the index")
+
+
+def test_old_layout_state_of_another_object_is_refused(tmp_path):
+    prefix = _without_version("tc_k2_gap_prelogits_state_old", tmp_path,
+                              edit=lambda index: index.update(extra=index["step"]))  # fmt: skip
+    _refused(tmp_path, prefix, VmoeCheckpointError, r"fields \['extra', 'opt_state', 'params', 'rngs', 'step'\]")
+
+
+def test_arrays_numbered_otherwise_than_the_index_says_are_refused(tmp_path):
+    # two arrays of one shape swapped in the index: their data lie in other shards than it records for them
+    def swap(index):
+        norm = index["params"]["Encoder"]["encoderblock_0"]["LayerNorm_0"]
+        norm["bias"], norm["scale"] = norm["scale"], norm["bias"]
+
+    prefix = _without_version("tc_k2_gap_prelogits_state_old", tmp_path, edit=swap)
+    _refused(tmp_path, prefix, VmoeCheckpointError, "not what the index records for 'params/Encoder/encoderblock_0/")

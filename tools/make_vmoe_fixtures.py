@@ -14,6 +14,13 @@ arrays numbered in the flatten order of the tree) is made from a V1 write by re-
 "version" key through vmoe's own ``base.save_checkpoint``: ``_create_map_filepath_to_data`` differs between the two
 versions only by that key, and for a tree of nested dicts (a params tree) the flatten order of the tree and of its state
 dict agree, so the data shards are byte-for-byte those the old code wrote.
+
+An old-layout training state cannot be made that way (the old writer numbered the TrainState object's leaves: step,
+params, opt_state, rngs; V1 numbers its state dict's, sorted: opt_state, params, rngs, step). ``_save_old_layout`` runs
+the body of vmoe's current ``partitioned.save_checkpoint`` through its own helpers, without the ``to_state_dict`` that
+commit 219e5bd (2022-06-24, "Version.V1") put first and with ``Version.UNKNOWN``: the writer as it was before that
+commit. The result is checked with vmoe's own reader of the old layout (``restore_checkpoint`` with the TrainState as
+template), which must give back every array.
 """
 
 from __future__ import annotations
@@ -34,6 +41,9 @@ FIXTURES = {
     "ec_gap_last2_old": dict(
         classifier="gap", depth=4, moe_layers=(2, 3), router="ec", k=2, representation_size=None,
         save="params", layout="old"),
+    "tc_k2_gap_prelogits_state_old": dict(
+        classifier="gap", depth=2, moe_layers=(1,), router="tc", k=2, representation_size=6,
+        save="state", layout="old"),
     "tc_k1_token_every2_old": dict(
         classifier="token", depth=4, moe_layers=(1, 3), router="tc", k=1, representation_size=6,
         save="params", layout="old"),
@@ -71,6 +81,29 @@ def build(spec: dict, vit_moe, jnp):
         encoder=dict(num_layers=spec["depth"], mlp_dim=MLP, num_heads=HEADS, dropout_rate=0.0,
                      attention_dropout_rate=0.0, moe=moe))
     return model, dict(group_size=moe["group_size"], tokens=tokens)
+
+
+def _save_old_layout(partitioned, prefix: str, tree, num_shards: int) -> None:
+    """``tree`` saved as vmoe's writer did before the version "20220622": its leaves numbered in the tree object's own
+    flatten order, the index its state dict without a "version" key (vmoe's helpers, see the module)."""
+    import jax
+
+    leaves, struct = jax.tree_util.tree_flatten(tree)  # the object's order; V1 flattens to_state_dict(tree) instead
+    bytes_per_shard = [0] * num_shards
+    index_leaves = []
+    chunks = {i: partitioned.LazyArrayChunks() for i in range(num_shards)}
+    for i, arr in enumerate(leaves):
+        to_arrays = partitioned._create_map_slicend_to_array_shards(arr, partitioned.MAX_CHUNK_BYTES)
+        to_shards = partitioned._create_map_slicend_to_checkpoint_shard(to_arrays, arr.dtype.itemsize, bytes_per_shard)
+        index_leaves.append(partitioned._make_index_info(to_shards, arr))
+        partitioned._update_lazy_array_chunks_with_leaf(i, to_arrays, to_shards, chunks)
+    partitioned._replace_jax_with_numpy_in_lazy_array_chunks(chunks)
+    files = partitioned._create_map_filepath_to_data(prefix, struct, index_leaves, chunks, num_shards,
+                                                      partitioned.Version.UNKNOWN)
+    partitioned.base.save_multiple_checkpoints_async(files, overwrite=True, makedirs=False).wait()
+    restored = partitioned.restore_checkpoint(prefix, tree)  # vmoe's reader of the old layout, the tree as template
+    for a, b in zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(restored), strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype and bool((a == b).all()), "vmoe does not read it back"
 
 
 def _float32_soft_dispatch() -> None:
@@ -150,8 +183,11 @@ def main(argv=None) -> int:
         else:
             tree_to_save = params
         prefix = str(out / name)
-        partitioned.save_checkpoint(prefix, tree_to_save, num_shards=2, makedirs=False).wait()
-        if spec["layout"] == "old":
+        if spec["layout"] == "old" and spec["save"] == "state":
+            _save_old_layout(partitioned, prefix, tree_to_save, num_shards=2)
+        else:
+            partitioned.save_checkpoint(prefix, tree_to_save, num_shards=2, makedirs=False).wait()
+        if spec["layout"] == "old" and spec["save"] == "params":
             index = base.restore_checkpoint(prefix + ".index")
             del index["version"]
             base.save_checkpoint(prefix + ".index", index, overwrite=True)

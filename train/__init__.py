@@ -13,6 +13,7 @@ The house, top to bottom; a module imports only modules below it, never one abov
     trainer           train_and_evaluate and its step: the one place the pieces below meet
     finetune          --init-from: a new run's model from a trained workdir's weights (new head, resized posemb)
     trained           load_model / load_trained: a trained model from its workdir
+    vmoe_model        a vmoe checkpoint's params as our model (architecture from the arrays): import_vmoe, finetune
     summary, plots, routing_plots
                       a run's summary, its curves, what its routers do
     evaluators/       evaluation order and batching, accuracy, the few-shot probe (ridge_probe: its math)

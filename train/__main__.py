@@ -68,9 +68,10 @@ def main(argv=None) -> int:
     )
     parser.add_argument(
         "--init-from",
-        metavar="DIR",
-        help="fine-tune: start from the weights of this trained workdir (a new head if the classes differ, the "
-        "position embedding resized if the image size does; fresh optimizer, step 0)",
+        metavar="DIR_OR_CHECKPOINT",
+        help="fine-tune: start from the weights of this trained workdir or vmoe checkpoint (PREFIX of PREFIX.index); "
+        "the architecture is the source's, --set may change only what fine-tuning changes (a new head if the "
+        "classes differ, the position embedding resized if the image size does; fresh optimizer, step 0)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (the summary is still printed)")
     add_distributed_arguments(parser)
@@ -80,8 +81,12 @@ def main(argv=None) -> int:
             args.preset, router=args.router, factor=args.factor, seed=args.seed, steps=args.steps,
             batch_size=args.batch_size, overrides=tuple(args.set),
         )  # fmt: skip
-        if args.init_from is not None:
-            config = config.replace(init_from=args.init_from)
+        if args.init_from is not None:  # the model is the source's, but for what the command line names
+            from .finetune import from_source
+
+            named = [assignment.split("=", 1)[0] for assignment in args.set]
+            named += [f"model.{name}" for name in ("router", "factor") if getattr(args, name) is not None]
+            config = from_source(config.replace(init_from=args.init_from), named)
     except ValueError as err:
         parser.error(str(err))
     workdir = args.workdir or (f"workdirs/{args.preset}-{config.model.router}-{config.model.factor}-s{config.seed}")

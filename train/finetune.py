@@ -1,8 +1,23 @@
-"""Fine-tuning: a run that starts from a trained workdir's weights (``python -m train --init-from DIR``).
+"""Fine-tuning: a run that starts from trained weights (``python -m train --init-from DIR_OR_CHECKPOINT``).
 
-``check_source(config)`` refuses, before anything is read or written, a source whose architecture the run's
-model cannot take (naming the field); ``initialize_from(model, config)`` puts the source's weights into a freshly
-built model: every array copied, except
+The source is a trained workdir (``train.load_model`` reads it: our own runs and the workdirs ``python -m
+train.import_vmoe`` writes) or a vmoe checkpoint itself (``PREFIX``, ``PREFIX.index`` or a shard: read into memory
+with ``train.vmoe_model``, no workdir written).
+
+``from_source(config, explicit)`` is the command line's rule for the run's model. Choice: every ``model.`` field comes
+from the source (its ``config.json``; for a vmoe checkpoint, what ``train.vmoe_model.infer`` reads from the arrays
+over the run's ``--preset``/``--set``, the importer's rule), except ``image_size`` and ``num_classes``, which follow
+the run's data, and the fields the user names with ``--set model.FIELD=...`` (or ``--router``/``--factor``). Those may
+change what fine-tuning legitimately changes (the router among the sparse routers, k or c, the capacity rule, group
+size, noise, loss weights, dtype, dropping the pre-logits layer); one that contradicts the source's architecture
+(``ARCHITECTURE``, the MoE placement, Soft MoE vs a sparse router, a pre-logits layer the source lacks) is refused,
+naming both values. The data's channels follow the model's (gray repeated, RGB to luma: ``train.data``) unless
+``--set data.channels`` is given. A Soft MoE source keeps its slots per expert S (a parameter's shape) when the image
+size changes: c becomes S E / T for the new T, as vmoe's fine-tunes keep ``num_slots``.
+
+``check_source(config)`` refuses, before anything is read or written, a source whose architecture the run's model
+cannot take (naming the field); ``initialize_from(model, config)`` puts the source's weights into a freshly built
+model: every array copied, except
 
 - the head (``head_w``, ``head_b``), new (the config's zero kernel and ``head_bias_init``) when the number of
   classes differs;
@@ -11,13 +26,15 @@ built model: every array copied, except
 - a source's pre-logits layer, dropped when the run has none (``representation_size=None``), as vmoe's and
   vit_jax's fine-tunes drop it.
 
-The optimizer state is the trainer's fresh one and the run starts at step 0. The source is any workdir
-``train.load_model`` reads: our own runs, and the workdirs ``python -m train.import_vmoe`` writes from vmoe's
-checkpoints. Imports ``train.config``, ``train.trained`` and ``train.workdir``; never the trainer.
+The optimizer state is the trainer's fresh one and the run starts at step 0. Imports ``train.config``,
+``train.trained``, ``train.vmoe_checkpoint``, ``train.vmoe_model`` and ``train.workdir``; never the trainer.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+from collections.abc import Iterable
 from pathlib import Path
 
 import equinox as eqx
@@ -25,8 +42,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from optimized import capacity
+
 from .config import Config
 from .trained import load_model
+from .vmoe_checkpoint import params_of, read_arrays, resolve_prefix
+from .vmoe_model import infer, to_model
 from .workdir import CONFIG, saved_config
 
 # Fields of optimized.ViTMoEConfig that set the shapes or the meaning of the arrays: they must match the source's.
@@ -44,25 +65,90 @@ ARCHITECTURE = (
     "dense",
     "soft_moe_normalize",
 )
+# The model fields a fine-tune takes from its data, not from the source (a new head, a resized position embedding).
+FROM_DATA = ("image_size", "num_classes")
+
+
+def _vmoe_prefix(source: Path) -> Path | None:
+    """The vmoe checkpoint's prefix when ``source`` names one (and is not a workdir), else None."""
+    if (source / CONFIG).exists():
+        return None
+    prefix = resolve_prefix(source)
+    return prefix if prefix.with_name(prefix.name + ".index").is_file() else None
+
+
+@functools.lru_cache(maxsize=1)
+def _vmoe_arrays(prefix: str, stamp: tuple) -> tuple[dict, dict]:
+    """``(fields, arrays)`` of ``train.vmoe_model.infer`` for the checkpoint at ``prefix``. Cached (``stamp``: the
+    index's size and time) so that the checks and ``initialize_from`` read the shards once; ``initialize_from``
+    empties the cache."""
+    return infer(params_of(read_arrays(prefix)), prefix)
+
+
+def _read_vmoe(prefix: Path) -> tuple[dict, dict]:
+    stat = prefix.with_name(prefix.name + ".index").stat()
+    return _vmoe_arrays(str(prefix), (stat.st_size, stat.st_mtime_ns))
+
+
+def source_config(config: Config) -> Config:
+    """The config of ``config.init_from``: a workdir's ``config.json``; for a vmoe checkpoint, ``config`` with the
+    model fields its arrays fix (what they cannot say, the router, k or c, group size, ..., is ``config``'s).
+
+    Raises ValueError naming ``--init-from`` when the path is neither a workdir nor a vmoe checkpoint, or when the
+    checkpoint cannot be read or represented (``VmoeCheckpointError``, ``UnsupportedCheckpointError``).
+    """
+    source = Path(config.init_from)
+    prefix = _vmoe_prefix(source)
+    if prefix is not None:
+        fields, _ = _read_vmoe(prefix)
+        if not fields["dense"] and "router" not in fields and config.model.router == "soft_moe":
+            raise ValueError(
+                f"--init-from {source}: model.router is 'soft_moe' here, and the checkpoint's MoE layers hold a sparse "
+                "router's kernel W (D, E) there, not Soft MoE's phi (D, E, S)"
+            )
+        return config.replace(model=config.model.replace(**fields))
+    if not (source / CONFIG).exists():
+        what = "no such directory" if not source.exists() else f"not a training workdir (no {CONFIG})"
+        raise ValueError(f"--init-from {source}: {what}, nor a vmoe checkpoint (PREFIX.index and its shards)")
+    return saved_config(source)
+
+
+def from_source(config: Config, explicit: Iterable[str] = ()) -> Config:
+    """``config`` (the preset and ``--set``, with ``init_from``) with its model taken from the source (the module's
+    rule). ``explicit``: the keys the command line set (``model.width``, ``data.channels``, ...): those keep the
+    user's value, and one that contradicts the source's architecture is refused by ``check_source``, naming both
+    values. Returns the validated config; nothing is written.
+    """
+    explicit = {key.strip() for key in explicit}
+    named = {key.split(".", 1)[1] for key in explicit if key.startswith("model.")}
+    source = source_config(config).model
+    keep = set(FROM_DATA) | named
+    model = config.model.replace(
+        **{f.name: getattr(source, f.name) for f in dataclasses.fields(source) if f.name not in keep})
+    if source.router == model.router == "soft_moe" and "factor" not in named and model.num_tokens != source.num_tokens:
+        # Choice: S (Soft MoE's phi is (D, E, S)) is kept, as vmoe's fine-tunes keep num_slots: c = S E / T
+        slots = capacity(source.num_tokens, source.num_experts, source.factor)
+        factor = slots * model.num_experts / model.num_tokens
+        model = model.replace(factor=int(factor) if float(factor).is_integer() else factor)
+    data = config.data
+    if "data.channels" not in explicit:
+        data = dataclasses.replace(data, channels=model.channels)
+    config = config.replace(model=model, data=data)
+    config.validate()
+    check_source(config)
+    return config
 
 
 def check_source(config: Config) -> Config:
-    """The config of ``config.init_from``'s run, after refusing a source the run's model cannot start from.
+    """The config of ``config.init_from``'s source (``source_config``), after refusing a source the run's model
+    cannot start from.
 
     Raises ValueError naming ``--init-from`` and the first field that does not match (``ARCHITECTURE``, the MoE
-    placement, the router family, the pre-logits layer), or saying why the path is not a workdir.
+    placement, the router family, the pre-logits layer), or saying why the path is not a source.
     """
-    source = Path(config.init_from)
-    if not (source / CONFIG).exists():
-        index = source if source.suffix == ".index" else source.with_name(source.name + ".index")
-        if index.exists():
-            raise ValueError(
-                f"--init-from {source}: a vmoe checkpoint, not a workdir; convert it first with "
-                f"python -m train.import_vmoe {source} --workdir DIR, then pass --init-from DIR"
-            )
-        what = "no such directory" if not source.exists() else f"not a training workdir (no {CONFIG})"
-        raise ValueError(f"--init-from {source}: {what}")
-    theirs, ours = saved_config(source).model, config.model
+    source = config.init_from
+    source_cfg = source_config(config)
+    theirs, ours = source_cfg.model, config.model
     for name in ARCHITECTURE:
         if getattr(theirs, name) != getattr(ours, name):
             raise ValueError(
@@ -85,7 +171,7 @@ def check_source(config: Config) -> Config:
             f"--init-from {source}: model.representation_size is {theirs.representation_size!r} there and "
             f"{ours.representation_size!r} here; a pre-logits layer can be dropped (None here) but not made up"
         )
-    return saved_config(source)
+    return source_cfg
 
 
 def resize_posemb(posemb, old_side: int, new_side: int, class_token: bool) -> np.ndarray:
@@ -128,12 +214,17 @@ def initialize_from(model, config: Config):
     array whose shape still differs (Soft MoE's slots per expert S depend on the tokens per image) is an error
     naming it.
     """
-    source_config = check_source(config)
-    try:
-        source, _ = load_model(config.init_from)
-    except FileNotFoundError as err:
-        raise ValueError(f"--init-from {config.init_from}: {err}") from None
-    theirs, ours = source_config.model, config.model
+    source_cfg = check_source(config)
+    prefix = _vmoe_prefix(Path(config.init_from))
+    if prefix is not None:  # a vmoe checkpoint: its arrays in a model of the source's config, in memory
+        source = to_model(_read_vmoe(prefix)[1], source_cfg)
+        _vmoe_arrays.cache_clear()
+    else:
+        try:
+            source, _ = load_model(config.init_from)
+        except FileNotFoundError as err:
+            raise ValueError(f"--init-from {config.init_from}: {err}") from None
+    theirs, ours = source_cfg.model, config.model
     new_head = theirs.num_classes != ours.num_classes
     by_path = {jax.tree_util.keystr(path): leaf for path, leaf in _arrays_with_path(source)}
     arrays, static = eqx.partition(model, eqx.is_array)
