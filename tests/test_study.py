@@ -118,6 +118,16 @@ def test_regime_configs():
     assert dense.dense and dense.capacity_factor is None and dense.mlp_dim == 32
     data = configs["dense"].data
     assert (data.families, data.variants, data.distractors) == (8, 32, 4)
+    # A Token Choice buffer: Token Choice at k = 1 (learned and content-agnostic) gets C = 2T/E, Expert Choice
+    # and Soft MoE keep c = 1; with both blocks MoE the dense control is still a plain ViT.
+    spec = study.regime_spec("routing-both-tc2", steps=5, seeds=(0,))
+    configs = {run.configuration: study.run_config(spec, run, 5, 1e-3).model for run in study.plan_runs(spec)}
+    capacity = {name: (m.factor, m.capacity_factor) for name, m in configs.items()}
+    assert capacity == {"softmax_token_choice-c1": (1, 2), "softmax_expert_choice-c1": (1, None),
+                        "soft_moe-c1": (1, None), "agnostic-c1": (1, 2), "dense": (1, None)}  # fmt: skip
+    assert configs["softmax_token_choice-c1"].moe_layers == (0, 1) and configs["dense"].moe_layers is None
+    with pytest.raises(ValueError, match="token_choice_capacity: 0 is not a positive number"):
+        dataclasses.replace(spec, token_choice_capacity=0).validate()
 
 
 def test_analysis_on_constructed_results():
@@ -312,7 +322,18 @@ def test_pilot_gates_the_study(tmp_path, monkeypatch):
     # of seed 100, the rest are not trained.
     assert sorted(p.name for p in (tmp_path / "pilot" / "tiny-b").iterdir()) == ["dense-s100",
                                                                                   "softmax_token_choice-c0.5-s100"]
-    # A margin every run meets accepts the first regime (its runs reused), declares the MDD, and gates the study.
+    # A rerun under the same rule, seeds and schedule keeps the rows pilot.json records and trains none of their
+    # runs, even where the runs are gone (a fresh checkout holds pilot.json, not the runs): nothing is recreated.
+    recorded = pilot["regimes"]
+    (tmp_path / "pilot").rename(tmp_path / "kept")
+    with pytest.raises(study.PilotError, match="rejected every regime"):
+        study.run_pilot(spec, tmp_path, regimes=("tiny-a", "tiny-b"), steps=5, margin=1000, progress=False)
+    assert not (tmp_path / "pilot").exists()
+    assert json.loads((tmp_path / "pilot.json").read_text())["regimes"] == recorded
+    assert (tmp_path / "pilot.md").read_text() == report
+    (tmp_path / "kept").rename(tmp_path / "pilot")
+    # A margin every run meets accepts the first regime (its runs reused; the rows recorded under the other
+    # margin are not), declares the MDD, and gates the study.
     result = study.run_pilot(spec, tmp_path, regimes=("tiny-a", "tiny-b"), steps=5, margin=-1000, progress=False)
     assert result["regime"] == "tiny-a" and len(result["regimes"]) == 1
     # The controls' figures are within-seed differences of the runs' accuracies, in points.

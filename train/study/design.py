@@ -56,12 +56,14 @@ RANDOM_ROUTER = "softmax_token_choice"
 
 
 class Regime(NamedTuple):
-    """A candidate regime of the study: a preset, its overrides and the capacity every arm runs at."""
+    """A candidate regime of the study: a preset, its overrides and the capacity every arm runs at; optionally the
+    slots of Token Choice at k = 1 (``token_choice_capacity``, ``StudySpec``)."""
 
     preset: str
     overrides: tuple[str, ...]
     factor: float
     description: str
+    token_choice_capacity: float | None = None
 
 
 # Choice: the regimes the pilot weighs (hypotheses; the pilot decides, ``pilot.run_pilot``). All have one MoE
@@ -102,6 +104,19 @@ REGIMES = {
                                         "data.distractors=0", "model.mlp_dim=8", "model.num_experts=16",
                                         "model.group_images=16"), 1, "as `routing-e16` on a task of 16 part "
                               "families x 16 variants and no distractors (about 20% background)"),
+    # Choice (added after the E = 16 regimes failed): every Token Choice router the pilot trained dropped 19-28% of
+    # its tokens at c = 1 (load CV about 0.45: the learned router favours some experts), and a dropped token skips
+    # the MoE block's MLP, which the dense ViT gives every token. Here Token Choice at k = 1 has C = 2T / E slots
+    # per expert (``StudySpec.token_choice_capacity``): each token still meets at most one expert of the dense
+    # MLP's width, few are dropped. Experts of width 16, E = 8: the regime closest to the margin (+1.91 points).
+    "routing-small-tc2": Regime("parts", (*_ROUTING, "model.mlp_dim=16"), 1, "as `routing-small` (E = 8 experts "
+                                "of width 16) with Token Choice at k = 1 given C = 2T/E slots per expert (a "
+                                "buffer: it drops few tokens; per-token compute still one expert)", 2),
+    # Choice: as `routing-small-tc2` with both blocks MoE (``model.moe_layers=0,1``), against a dense ViT whose two
+    # MLPs both have the experts' width: every MLP of the dense ViT (where width 8 -> 32 gains 9.7 points) has its
+    # MoE counterpart, in case the first block's MLP is what limits the depth-2 model.
+    "routing-both-tc2": Regime("parts", (*_ROUTING, "model.mlp_dim=16", "model.moe_layers=0,1"), 1, "as "
+                               "`routing-small-tc2` with both blocks MoE (blocks 0 and 1)", 2),
     "parts": Regime("parts", (), 1, "the previous study's regime: depth 4 (MoE at blocks 1 and 3), hidden width "
                     "64, 4 families x 16 variants, 2 distractors (67.5% background), capacity 1"),
 }
@@ -121,6 +136,9 @@ class StudySpec:
     controls: bool = True
     hash_arm: bool = False  # the frozen random linear router (see RANDOM_ROUTER), reported beside the controls
     regime: str = ""  # the REGIMES entry its preset, overrides and factors come from ("": none, the options')
+    # Token Choice at k = 1 (the learned routers and the controls alike) runs with C = round(this * T / E) slots
+    # per expert; None: C from the factor, as every other router
+    token_choice_capacity: float | None = None
     overrides: tuple[str, ...] = ()
     pictures: bool = True  # routing maps and per-class expert usage of every router configuration (first seed)
 
@@ -137,6 +155,10 @@ class StudySpec:
                 raise ValueError(f"--factors: {factor!r} is not a positive number (k or c)")
             if factor > 1 and not float(factor).is_integer():
                 raise ValueError(f"--factors: {factor!r}: above 1 a factor is k for Token Choice, an integer")
+        capacity = self.token_choice_capacity
+        if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, (int, float))
+                                     or not 0 < capacity < math.inf):  # fmt: skip
+            raise ValueError(f"token_choice_capacity: {capacity!r} is not a positive number (C = round(it T / E))")
         if not self.factors or len(set(self.factors)) != len(self.factors):
             raise ValueError(f"--factors: {self.factors} must be one or more distinct positive numbers")
         if self.regime and self.regime not in REGIMES:
@@ -171,7 +193,8 @@ def regime_spec(name: str, **changes) -> StudySpec:
     regime = REGIMES[name]
     overrides = regime.overrides + tuple(changes.pop("overrides", ()))
     return dataclasses.replace(StudySpec(preset=regime.preset, overrides=overrides, factors=(regime.factor,),
-                                         regime=name), **changes)  # fmt: skip
+                                         regime=name, token_choice_capacity=regime.token_choice_capacity),
+                               **changes)  # fmt: skip
 
 
 def full_spec(**changes) -> StudySpec:
@@ -281,11 +304,16 @@ def run_config(spec: StudySpec, run: Run, steps: int, learning_rate: float) -> C
     model = config.model.replace(combine_from=run.combine_from)
     if below:
         model = model.replace(capacity_factor=run.factor)
+    elif spec.token_choice_capacity is not None and run.router in TOKEN_CHOICE and run.factor == 1:
+        # Choice: slots beyond one per routed token (a buffer) change no token's compute: each still meets at
+        # most one expert (k = 1), the dense control's per-token compute; they only spare tokens from being
+        # dropped when their expert is popular. Expert Choice and Soft MoE keep c = factor.
+        model = model.replace(capacity_factor=spec.token_choice_capacity)
     if run.control == "dense":
         # Choice: the dense control is the same ViT with every MoE block an MLP of the experts' width: the
         # per-token compute of one expert (k = 1, c = 1). Below c = 1 the MoE spends less than that per token
         # (it leaves tokens out), so MoE beating dense there is the harder test.
-        model = model.replace(dense=True, capacity_factor=None)
+        model = model.replace(dense=True, capacity_factor=None, moe_layers=None)
     elif run.control == "agnostic":
         model = model.replace(random_routing=True, noise_std=0.0, importance_weight=0.0, load_weight=0.0)
     elif run.control == "hash":
