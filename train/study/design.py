@@ -117,6 +117,13 @@ REGIMES = {
     # MoE counterpart, in case the first block's MLP is what limits the depth-2 model.
     "routing-both-tc2": Regime("parts", (*_ROUTING, "model.mlp_dim=16", "model.moe_layers=0,1"), 1, "as "
                                "`routing-small-tc2` with both blocks MoE (blocks 0 and 1)", 2),
+    # Choice (added after `routing-small-tc2` passed MoE - dense, +2.79, but not learned - content-agnostic, +1.03,
+    # at seed 100): with the buffer, random routing among 8 experts of width 16 came within 1 point of learned
+    # routing. Among 16 experts of width 8 a random assignment gives each token a narrower, less specialized
+    # expert, so learned routing should matter more there.
+    "routing-e16-tc2": Regime("parts", (*_ROUTING, "model.mlp_dim=8", "model.num_experts=16",
+                                        "model.group_images=16"), 1, "as `routing-e16` (E = 16 experts of width "
+                              "8) with Token Choice at k = 1 given C = 2T/E slots per expert", 2),
     "parts": Regime("parts", (), 1, "the previous study's regime: depth 4 (MoE at blocks 1 and 3), hidden width "
                     "64, 4 families x 16 variants, 2 distractors (67.5% background), capacity 1"),
 }
