@@ -33,10 +33,11 @@ from .statistics import ALPHA, POWER, minimum_detectable_difference
 # Choice: the E = 16 regimes (``design.REGIMES``) come after those four, added once the pilot had rejected them
 # (their rows are kept: see ``_recorded``); width 8 before 16, the 8-family task before 16. The two regimes
 # with a Token Choice buffer come next, added once the E = 16 ones had been rejected, then `routing-e16-tc2`,
-# added once `routing-small-tc2` had been rejected, and `routing-both-tiny-tc2`, added after `routing-e16-tc2`.
+# added once `routing-small-tc2` had been rejected, `routing-both-tiny-tc2`, added after `routing-e16-tc2`, and
+# `routing-both-c1-tc2`, added after `routing-both-tiny-tc2`.
 PILOT_REGIMES = ("routing-c1", "routing-small", "routing-tiny", "routing", "routing-e16", "routing-e16-w16",
                  "routing-e16-f16", "routing-small-tc2", "routing-both-tc2", "routing-e16-tc2",
-                 "routing-both-tiny-tc2")
+                 "routing-both-tiny-tc2", "routing-both-c1-tc2")
 PILOT_SEEDS = (100, 101)  # seeds no study uses by default
 PILOT_MARGIN = 2.0  # points: both controls must be at least this on both seeds
 # Choice: the pilot fixes steps and learning rate rather than searching them (the convergence rule is a reported
