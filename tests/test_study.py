@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from train import paper, study
+from train.study.pilot import control_differences
 from train.workdir import ConfigMismatchError
 
 # ------------------------------------------------------------------------------------------------ statistics
@@ -117,6 +118,16 @@ def test_regime_configs():
     assert dense.dense and dense.capacity_factor is None and dense.mlp_dim == 32
     data = configs["dense"].data
     assert (data.families, data.variants, data.distractors) == (8, 32, 4)
+    # A Token Choice buffer: Token Choice at k = 1 (learned and content-agnostic) gets C = 2T/E, Expert Choice
+    # and Soft MoE keep c = 1; with both blocks MoE the dense control is still a plain ViT.
+    spec = study.regime_spec("routing-both-tc2", steps=5, seeds=(0,))
+    configs = {run.configuration: study.run_config(spec, run, 5, 1e-3).model for run in study.plan_runs(spec)}
+    capacity = {name: (m.factor, m.capacity_factor) for name, m in configs.items()}
+    assert capacity == {"softmax_token_choice-c1": (1, 2), "softmax_expert_choice-c1": (1, None),
+                        "soft_moe-c1": (1, None), "agnostic-c1": (1, 2), "dense": (1, None)}  # fmt: skip
+    assert configs["softmax_token_choice-c1"].moe_layers == (0, 1) and configs["dense"].moe_layers is None
+    with pytest.raises(ValueError, match="token_choice_capacity: 0 is not a positive number"):
+        dataclasses.replace(spec, token_choice_capacity=0).validate()
 
 
 def test_analysis_on_constructed_results():
@@ -133,8 +144,12 @@ def test_analysis_on_constructed_results():
     # (ii) per seed: EC 0.60 - TC (0.55 + 0.55 -+ 0.005) / 2 = 0.0525 (even seeds), 0.0475 (odd seeds)
     assert found["ii"]["diffs"] == pytest.approx([0.0525, 0.0475, 0.0525, 0.0475, 0.0525])
     assert found["ii"]["verdict"] == "**supported**" and result["stage1_passed"]
-    # MoE - dense: mean of (0.55, 0.55 -+ 0.005, 0.60, 0.64) - 0.50 = 0.085 -+ 0.00125
-    assert found["moe-dense"]["diffs"] == pytest.approx([0.08375, 0.08625, 0.08375, 0.08625, 0.08375])
+    # MoE - dense is learned Softmax Token Choice - dense, 0.55 - 0.50, not the mean over the routers (0.085 -+
+    # 0.00125): exactly the control the pilot gates on, computed by the pilot's own function
+    assert found["moe-dense"]["diffs"] == pytest.approx([0.05] * 5)
+    for seed, diff in enumerate(found["moe-dense"]["diffs"]):
+        accuracy = {r["configuration"]: r["test_accuracy"] for r in rows if r["seed"] == seed}
+        assert 100 * diff == pytest.approx(control_differences(accuracy, 1)["moe-dense"])
     assert found["learned-agnostic"]["diffs"] == pytest.approx([0.03] * 5)
     assert found["learned-agnostic"]["verdict"] == "**supported**"
     # Sinkhorn - Softmax TC is descriptive: an interval, no p-value
@@ -152,6 +167,15 @@ def test_analysis_on_constructed_results():
     failed = {f["contrast"].key: f for f in study.analyse(rows, spec, "test_accuracy")["contrasts"]}
     assert failed["learned-agnostic"]["verdict"] == "not resolved"
     assert failed["ii"]["verdict"].startswith("not tested") and math.isnan(failed["ii"]["p"])
+    # Stage 1 fails when Token Choice is no better than dense, however far Expert Choice and Soft MoE are above it
+    # (the mean of the routers - dense would be +0.06 here): the MoE - dense control is the pilot's. Dense wobbles
+    # -+0.003 by seed: TC - dense is +0.003 on seeds 0, 2, 4 and -0.003 on 1, 3, a mean of +0.0006.
+    level.update({"softmax_token_choice-c1": 0.50, "sinkhorn_token_choice-c1": 0.50, "agnostic-c1": 0.45})
+    rows = _constructed_rows(spec, level, noise, {"dense": 0.003})
+    failed = {f["contrast"].key: f for f in study.analyse(rows, spec, "test_accuracy")["contrasts"]}
+    assert failed["moe-dense"]["mean"] == pytest.approx(0.0006)
+    assert failed["moe-dense"]["verdict"] == "not resolved" and failed["learned-agnostic"]["verdict"] == "**supported**"
+    assert failed["iii"]["verdict"].startswith("not tested")
     # The 10-shot metric is descriptive throughout.
     fewshot = study.analyse_all(rows, spec)["fewshot_accuracy"]
     assert {f["verdict"] for f in fewshot["contrasts"]} == {"descriptive"}
@@ -298,7 +322,18 @@ def test_pilot_gates_the_study(tmp_path, monkeypatch):
     # of seed 100, the rest are not trained.
     assert sorted(p.name for p in (tmp_path / "pilot" / "tiny-b").iterdir()) == ["dense-s100",
                                                                                   "softmax_token_choice-c0.5-s100"]
-    # A margin every run meets accepts the first regime (its runs reused), declares the MDD, and gates the study.
+    # A rerun under the same rule, seeds and schedule keeps the rows pilot.json records and trains none of their
+    # runs, even where the runs are gone (a fresh checkout holds pilot.json, not the runs): nothing is recreated.
+    recorded = pilot["regimes"]
+    (tmp_path / "pilot").rename(tmp_path / "kept")
+    with pytest.raises(study.PilotError, match="rejected every regime"):
+        study.run_pilot(spec, tmp_path, regimes=("tiny-a", "tiny-b"), steps=5, margin=1000, progress=False)
+    assert not (tmp_path / "pilot").exists()
+    assert json.loads((tmp_path / "pilot.json").read_text())["regimes"] == recorded
+    assert (tmp_path / "pilot.md").read_text() == report
+    (tmp_path / "kept").rename(tmp_path / "pilot")
+    # A margin every run meets accepts the first regime (its runs reused; the rows recorded under the other
+    # margin are not), declares the MDD, and gates the study.
     result = study.run_pilot(spec, tmp_path, regimes=("tiny-a", "tiny-b"), steps=5, margin=-1000, progress=False)
     assert result["regime"] == "tiny-a" and len(result["regimes"]) == 1
     # The controls' figures are within-seed differences of the runs' accuracies, in points.

@@ -4,9 +4,10 @@ learning rate, the study's runs train; and the minimum detectable difference dec
 ``run_pilot`` trains, for each candidate regime in turn (``PILOT_REGIMES``, from ``design.REGIMES``), the
 learned router and the two controls on two seeds, and accepts the first regime where both controls are at least
 ``PILOT_MARGIN`` points on both seeds; it writes ``pilot.json`` and ``pilot.md`` (every regime tried, accepted
-or rejected, with its control figures) and declares the study's minimum detectable difference from the pilot's
-spread. ``schedule`` gives a study its steps and learning rate: its options, else the pilot's, else the
-preset's. ``pilot.json`` is named, written and read only here.
+or rejected, with its control figures; a rerun keeps the rows an earlier pilot recorded under the same rule and
+schedule, and trains only the regimes it has not decided) and declares the study's minimum detectable
+difference from the pilot's spread. ``schedule`` gives a study its steps and learning rate: its options, else
+the pilot's, else the preset's. ``pilot.json`` is named, written and read only here.
 """
 
 from __future__ import annotations
@@ -29,7 +30,14 @@ from .statistics import ALPHA, POWER, minimum_detectable_difference
 # Softmax Token Choice at c = 0.5 dropped 52% of the tokens and reached 79.1%, against 81.7% for the dense ViT
 # and 81.1% for the content-agnostic router at c = 0.5 (Softmax Expert Choice at c = 0.5: 80.2%).
 # The previous study's "parts" regime is not retried: its review found the routers barely differ there.
-PILOT_REGIMES = ("routing-c1", "routing-small", "routing-tiny", "routing")
+# Choice: the E = 16 regimes (``design.REGIMES``) come after those four, added once the pilot had rejected them
+# (their rows are kept: see ``_recorded``); width 8 before 16, the 8-family task before 16. The two regimes
+# with a Token Choice buffer come next, added once the E = 16 ones had been rejected, then `routing-e16-tc2`,
+# added once `routing-small-tc2` had been rejected, `routing-both-tiny-tc2`, added after `routing-e16-tc2`, and
+# `routing-both-c1-tc2`, added after `routing-both-tiny-tc2`.
+PILOT_REGIMES = ("routing-c1", "routing-small", "routing-tiny", "routing", "routing-e16", "routing-e16-w16",
+                 "routing-e16-f16", "routing-small-tc2", "routing-both-tc2", "routing-e16-tc2",
+                 "routing-both-tiny-tc2", "routing-both-c1-tc2")
 PILOT_SEEDS = (100, 101)  # seeds no study uses by default
 PILOT_MARGIN = 2.0  # points: both controls must be at least this on both seeds
 # Choice: the pilot fixes steps and learning rate rather than searching them (the convergence rule is a reported
@@ -76,9 +84,9 @@ def read_pilot(studydir) -> dict | None:
 def pilot_runs(factor: float, seed: int) -> list[Run]:
     """The learned router and the two controls at one seed.
 
-    Choice: the pilot's MoE is Softmax Token Choice alone, for both controls (3 runs a seed, not 5); the study's
-    MoE - dense control averages its routers, so the pilot's test of it is the stricter one where Token Choice
-    is the weakest router (as in the paper)."""
+    Choice: the pilot's MoE is Softmax Token Choice alone, for both controls (3 runs a seed, not 5), and so is
+    the study's stage-1 MoE - dense control (``design.contrasts``): the pilot gates on exactly the two contrasts
+    the study tests first."""
     return [Run(RANDOM_ROUTER, factor, seed), Run(RANDOM_ROUTER, 1, seed, control="dense"),
             Run(RANDOM_ROUTER, factor, seed, control="agnostic")]  # fmt: skip
 
@@ -120,8 +128,9 @@ def run_pilot(spec: StudySpec, studydir, *, regimes=PILOT_REGIMES, seeds=PILOT_S
     """Try ``regimes`` in order; accept the first where both controls are at least ``margin`` points (upstream
     test accuracy) on every seed of ``seeds``. ``spec`` gives the routers' options (``spec.overrides`` come after
     a regime's own); steps and learning rate are ``steps`` and ``learning_rate``, else the spec's, else
-    ``PILOT_STEPS`` and ``PILOT_LEARNING_RATE``. Writes ``pilot.json`` and ``pilot.md``; raises PilotError when
-    it accepts none (after writing them)."""
+    ``PILOT_STEPS`` and ``PILOT_LEARNING_RATE``. A regime that ``studydir/pilot.json`` already records under the
+    same margin, seeds, steps, learning rate and ``spec.overrides`` keeps its row and is not trained again.
+    Writes ``pilot.json`` and ``pilot.md``; raises PilotError when it accepts none (after writing them)."""
     studydir = Path(studydir)
     studydir.mkdir(parents=True, exist_ok=True)
     steps = steps or spec.steps or PILOT_STEPS
@@ -129,8 +138,20 @@ def run_pilot(spec: StudySpec, studydir, *, regimes=PILOT_REGIMES, seeds=PILOT_S
     for name in regimes:
         if name not in REGIMES:
             raise ValueError(f"regimes: unknown regime {name!r}; valid regimes: {', '.join(REGIMES)}")
+    recorded = _recorded(studydir, seeds, steps, learning_rate, margin, spec.overrides)
     tried, accepted = [], None
     for name in regimes:
+        row = recorded.get(name)
+        regime = REGIMES[name]
+        if row is not None and (row["factor"], row["overrides"], row.get("token_choice_capacity")) == (
+                regime.factor, list(regime.overrides), regime.token_choice_capacity):  # fmt: skip
+            say(progress, f"[pilot] regime {name!r}: {'accepted' if row['accepted'] else 'rejected'} by the "
+                "pilot recorded in pilot.json (same rule, seeds, steps, learning rate, options): not retrained")
+            tried.append(row)
+            if row["accepted"]:
+                accepted = row
+                break
+            continue
         regime_study = regime_spec(name, overrides=spec.overrides, steps=steps, learning_rate=learning_rate)
         factor = REGIMES[name].factor
         jobs = [(run, run_config(regime_study, run, steps, learning_rate), studydir / "pilot" / name / run.name)
@@ -158,7 +179,8 @@ def run_pilot(spec: StudySpec, studydir, *, regimes=PILOT_REGIMES, seeds=PILOT_S
         differences = [control_differences(accuracy[seed], factor) for seed in seeds]
         ok = accepts(differences, margin)
         tried.append({"regime": name, "description": REGIMES[name].description, "factor": factor,
-                      "overrides": list(REGIMES[name].overrides), "accepted": ok,
+                      "overrides": list(REGIMES[name].overrides),
+                      "token_choice_capacity": REGIMES[name].token_choice_capacity, "accepted": ok,
                       "accuracy": {str(seed): accuracy[seed] for seed in seeds},
                       "controls": {str(seed): d for seed, d in zip(seeds, differences, strict=True)},
                       "declared": declared_mdd(differences)})  # fmt: skip
@@ -171,14 +193,29 @@ def run_pilot(spec: StudySpec, studydir, *, regimes=PILOT_REGIMES, seeds=PILOT_S
     result = {"status": "accepted" if accepted else "rejected", "regime": accepted["regime"] if accepted else None,
               "rule": f"both controls (learned Softmax Token Choice - dense; learned - content-agnostic routing) at "
                       f"least {margin:g} points of upstream test accuracy on every pilot seed",
-              "seeds": list(seeds), "steps": steps, "learning_rate": learning_rate,
-              "declared": accepted["declared"] if accepted else None, "regimes": tried}  # fmt: skip
+              "margin": margin, "seeds": list(seeds), "steps": steps, "learning_rate": learning_rate,
+              "options": list(spec.overrides), "declared": accepted["declared"] if accepted else None,
+              "regimes": tried}  # fmt: skip
     (studydir / "pilot.json").write_text(json.dumps(result, indent=2))
     write_pilot_report(result, studydir)
     if not accepted:
         raise PilotError(f"the pilot rejected every regime ({', '.join(regimes)}): no control reaches {margin:g} "
                          f"points on every seed in any of them. See {studydir / 'pilot.md'}")  # fmt: skip
     return result
+
+
+def _recorded(studydir: Path, seeds, steps, learning_rate, margin, options) -> dict[str, dict]:
+    """The regimes a pilot already recorded in ``studydir/pilot.json`` under the same rule (margin), seeds, steps,
+    learning rate and options (``--set``), by name: a rerun keeps their rows (the rule's verdict on finished
+    runs is final) rather than training them again, so ``pilot.md`` lists every regime ever tried. Choice: a
+    pilot.json written before it recorded ``margin`` and ``options`` counts as ``PILOT_MARGIN`` and none."""
+    path = studydir / "pilot.json"
+    if not path.exists():
+        return {}
+    old = json.loads(path.read_text())
+    same = (old.get("margin", PILOT_MARGIN) == margin and old.get("options", []) == list(options)
+            and old["seeds"] == list(seeds) and old["steps"] == steps and old["learning_rate"] == learning_rate)
+    return {row["regime"]: row for row in old["regimes"]} if same else {}
 
 
 def pilot_study_spec(studydir, **changes) -> StudySpec:
