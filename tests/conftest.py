@@ -12,12 +12,21 @@ some 17,000 executables (the conformance properties alone compile each function 
 precision mode), and when a compilation's ``mmap`` fails, XLA's CPU compiler crashes with SIGSEGV instead of
 raising. So the caches are cleared after every test module (``jax.clear_caches``): each module compiles what
 it uses, and the count of mappings stays far below the cap.
+
+Many tests train the tiny preset, and each run builds its step function anew, which JAX compiles again (some 40 s
+on a loaded 2-core machine). So the session keeps JAX's persistent compilation cache in a temporary directory,
+shared by the xdist workers and removed at the end: an identical program (same HLO, options and JAX version) is
+compiled once per session and loaded from disk after that; no test sees a different executable. Only compilations
+of 1 s or more are stored (JAX's default threshold). A ``JAX_COMPILATION_CACHE_DIR`` already in the environment is
+left as it is (an empty value turns the cache off).
 """
 
 import gc
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -26,6 +35,28 @@ collect_ignore = ["multidevice"]
 
 EIGHT_DEVICE_TEST = "test_expert_parallel.py::test_eight_device_suite"
 _eight_device_run: dict = {}
+
+
+_CACHE_VARIABLE = "TESTS_JAX_COMPILATION_CACHE"  # the session's cache directory, inherited by the xdist workers
+_made_cache: list[str] = []
+
+
+def pytest_configure(config):
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return
+    directory = os.environ.get(_CACHE_VARIABLE)
+    if directory is None:  # the controller, or a run without xdist; the workers start after this
+        directory = tempfile.mkdtemp(prefix="jax-compilation-cache-")
+        os.environ[_CACHE_VARIABLE] = directory
+        _made_cache.append(directory)
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", directory)
+
+
+def pytest_unconfigure(config):
+    for directory in _made_cache:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True, scope="module")

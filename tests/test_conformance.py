@@ -24,25 +24,63 @@ def _fresh_compilation_caches():
     jax.clear_caches()
 
 
-def test_optimized_conforms_to_the_reference():
-    outcomes = conformance.run("optimized", "reference", profile="ci")
+# One test per router, and one for the router-independent properties ("any"), so that pytest-xdist spreads the
+# suite over the cores: each runs exactly the checks of the whole run that concern it (the jobs of
+# conformance.run, derived here from the suite's property list).
+SPLIT = (None, *reference.ROUTERS)
+
+
+def _checks(router):
+    """The (property, router) pairs of the whole run that concern ``router`` (None: the router-independent ones)."""
+    if router is None:
+        return {(p.name, "-") for p in conformance.PROPERTIES if p.routers is None}
+    return {(p.name, router) for p in conformance.PROPERTIES if p.routers is not None and router in p.routers}
+
+
+def _run(router, dtype):
+    names = tuple(sorted(name for name, _ in _checks(router)))
+    routers = None if router is None else (router,)
+    outcomes = conformance.run("optimized", "reference", profile="ci", dtype=dtype, routers=routers, properties=names)
+    # every check of its share of the suite ran once, none missing, none extra
+    assert sorted((o.property, o.router) for o in outcomes) == sorted(_checks(router))
+    return outcomes
+
+
+def test_the_split_runs_are_the_whole_suite():
+    # The per-router tests below together run every check of conformance.run, at least 40 of them.
+    whole = {(p.name, r or "-") for p in conformance.PROPERTIES
+             for r in ([None] if p.routers is None else [r for r in p.routers if r in reference.ROUTERS])}  # fmt: skip
+    parts = [_checks(router) for router in SPLIT]
+    assert set().union(*parts) == whole and sum(map(len, parts)) == len(whole) >= 40
+    assert all(parts)
+
+
+@pytest.mark.parametrize("router", SPLIT, ids=[r or "any" for r in SPLIT])
+def test_optimized_conforms_to_the_reference(router):
+    outcomes = _run(router, "float64")
     failed = [o for o in outcomes if o.status != "passed"]
     assert not failed, conformance.failure_report(outcomes) + "\n".join(f"{o.property}: {o.status}" for o in failed)
-    assert len(outcomes) >= 40 and all(o.examples >= 10 for o in outcomes)
+    assert all(o.examples >= 10 for o in outcomes)
 
 
 # In float32, copies of tokens under the sparse-OT solver are judged in float64 only (conformance/README, issue 24).
 FLOAT64_ONLY = {("identical_tokens_tie_exactly", "sparsity_constrained_expert_choice")}
 
 
-def test_optimized_conforms_in_float32():
+@pytest.mark.parametrize("router", SPLIT, ids=[r or "any" for r in SPLIT])
+def test_optimized_conforms_in_float32(router):
     # JAX's default dtype: every tolerance and tie margin follows the float32 outputs (0 false alarms).
-    outcomes = conformance.run("optimized", "reference", profile="ci", dtype="float32")
+    outcomes = _run(router, "float32")
     judged = [o for o in outcomes if (o.property, o.router) not in FLOAT64_ONLY]
     failed = [o for o in judged if o.status != "passed"]
     assert not failed, conformance.failure_report(outcomes) + "\n".join(f"{o.property}: {o.status}" for o in failed)
-    assert len(judged) >= 40 and all(o.examples >= 10 for o in judged)
+    assert all(o.examples >= 10 for o in judged)
     assert all(o.status == "n/a" for o in outcomes if (o.property, o.router) in FLOAT64_ONLY)
+
+
+def test_the_float64_only_checks_exist():
+    # Each check exempted in float32 is one of the suite's: the n/a assertion above is not vacuous.
+    assert FLOAT64_ONLY <= set().union(*map(_checks, SPLIT))
 
 
 def float32_port(module):
