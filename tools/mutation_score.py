@@ -14,6 +14,8 @@ and the router names, and a renamed router fails every property that names it.
     python tools/mutation_score.py --files _sparse_ot.py --scratch .mutation-b   # a part, in parallel
 
 The scratch directory (``.mutation/``) keeps mutmut's cache: a second run re-tests only what changed.
+Never run ``--results`` (or ``mutmut show``) while a run is under way: it re-reads the mutated file into the cache
+and the run crashes (``Mutant.line is required``).
 """
 
 from __future__ import annotations
