@@ -156,6 +156,7 @@ KILLED_BY = {
                                                "float32": "defaults_as_users_call_them"},
     "sinkhorn_stops_on_mean_error": "sinkhorn_stops_where_the_spec_stops",
     "soft_moe_dispatch_without_gradient": "layer_gradients_match_finite_differences",
+    "soft_moe_width_refusal_index_error": "rejects_bad_input_like_the_reference",
 }
 
 

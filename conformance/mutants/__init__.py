@@ -37,4 +37,6 @@ MUTANTS = (
     "sparse_projection_ties_to_higher_index",
     "sinkhorn_stops_on_mean_error",
     "soft_moe_dispatch_without_gradient",
+    # Found by the mutation score: a kill that depended on Hypothesis's draws.
+    "soft_moe_width_refusal_index_error",
 )
