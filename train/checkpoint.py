@@ -277,11 +277,11 @@ def _stored(reader, step_dir: Path, name: str):
 
 
 def _fits(stored, like) -> bool:
-    want = _abstract(like)
-    return isinstance(stored, list) and len(stored) == len(want) and all(
-        tuple(have.shape) == tuple(spec.shape) and np.dtype(have.dtype) == np.dtype(spec.dtype)
-        for have, spec in zip(stored, want, strict=True)
-    )
+    try:
+        _check_shapes(stored, Path(), "model", like)
+    except CorruptCheckpointError:
+        return False
+    return True
 
 
 def _in_stored_layout(stored, like):
