@@ -266,12 +266,30 @@ def _train_and_evaluate(config: Config, workdir: Path, mesh, lock, stop_after, p
         if guard.should_stop():  # the checkpoint of the last step is saved: rerunning only evaluates
             raise Preempted(end, guard.name, workdir)
     if not writer:
+        _wait_for_the_writer()
         return {"step": end, "test_accuracy": test_accuracy, "fewshot_accuracy": probe["accuracy"]}
-    summary = summarize(config, workdir, test_accuracy, probe, images_per_second)
-    summary |= {"num_test": len(splits.test), "fewshot_num_test": probe["num_test"]}
-    files.write_summary(workdir, summary)
-    plot_run(workdir)
+    try:
+        summary = summarize(config, workdir, test_accuracy, probe, images_per_second)
+        summary |= {"num_test": len(splits.test), "fewshot_num_test": probe["num_test"]}
+        files.write_summary(workdir, summary)
+        plot_run(workdir)
+    finally:
+        _wait_for_the_writer()
     return summary
+
+
+def _wait_for_the_writer() -> None:
+    """With several processes, all leave once process 0 has written the summary and the plots.
+
+    Otherwise the others reach jax.distributed's shutdown barrier first and wait for process 0 there, under a
+    timeout (300 s by default) that a slow end of run on a loaded host can outlast; the barrier then fails and kills
+    a run whose work was done. A collective here has no such timeout: if process 0 dies, JAX's heartbeat ends the
+    others.
+    """
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("summary and plots written")
 
 
 def _check_checkpoint_config(config: Config, workdir: Path, meta: dict) -> None:
