@@ -269,6 +269,43 @@ def _matmul_backward(residuals, g):
 _matmul.defvjp(_matmul_forward, _matmul_backward)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _qkv(h: Float[Array, "B N D"], w: Float[Array, "D K"], bias: Float[Array, " K"], heads: int):
+    """q, k and v, each (B, N, heads, D / heads): ``h @ w + bias`` by the weight's three column blocks.
+
+    Choice: the forward pass is three products with the column blocks of the fused weight (independent matmuls the
+    CPU runtime can run side by side; the same numbers as before this function existed), and the backward pass is
+    written out so that it keeps only ``h`` and the fused weight: ``X^T G_i`` per block for the weight (as
+    ``_matmul``), and one product ``[G_q G_k G_v] W^T`` for ``h``. Autodiff would copy each (D, D) block of the
+    weight again for the backward pass, and those copies were the temporaries by which our B/32 step needed more
+    memory than vmoe's (benchmarks/results/vs_vmoe.md); slicing one (B, N, 3D) product instead has a backward of
+    three zero-padded buffers summed.
+    """
+    b, n, d = h.shape
+    return tuple(
+        (_matmul(h, w[:, i * d : (i + 1) * d]) + bias[i * d : (i + 1) * d]).reshape(b, n, heads, d // heads)
+        for i in range(3)
+    )
+
+
+def _qkv_forward(h, w, bias, heads):
+    return _qkv(h, w, bias, heads), (h, w)
+
+
+def _qkv_backward(heads, residuals, grads):
+    h, w = residuals
+    b, n, d = h.shape
+    x = h.reshape(b * n, d)
+    g = [gi.reshape(b * n, d) for gi in grads]
+    dw = jnp.concatenate([x.T @ gi for gi in g], axis=1)
+    dh = jnp.concatenate(g, axis=1) @ w.T
+    db = jnp.concatenate([gi.sum(0) for gi in g])
+    return dh.reshape(b, n, d).astype(h.dtype), dw.astype(w.dtype), db.astype(w.dtype)
+
+
+_qkv.defvjp(_qkv_forward, _qkv_backward)
+
+
 class _Block(eqx.Module):
     """Pre-norm encoder block: x + Attn(LN(x)); then x + MLP(LN(x)) or x + MoE(LN(x))."""
 
@@ -330,12 +367,7 @@ class _Block(eqx.Module):
         b, n, d = x.shape
         heads = self.num_heads
         h = _layer_norm(x, *self.ln1).astype(dtype)
-        # Choice: q, k and v come from three matmuls with column blocks of the fused weight, not from slicing one
-        # (B, N, 3D) product: the slices' backward is three zero-padded (B, N, 3D) buffers summed, each the size of
-        # the product, where the weight blocks' backward only concatenates (D, D) gradients.
-        w, bias = self.qkv_w.astype(dtype), self.qkv_b.astype(dtype)
-        q, k, v = ((_matmul(h, w[:, i * d : (i + 1) * d]) + bias[i * d : (i + 1) * d]).reshape(b, n, heads, d // heads)
-                   for i in range(3))  # fmt: skip
+        q, k, v = _qkv(h, self.qkv_w.astype(dtype), self.qkv_b.astype(dtype), heads)  # Choice: see _qkv
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(d // heads)
         attn = jax.nn.softmax(logits, axis=-1).astype(dtype)
         out = jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(b, n, d)

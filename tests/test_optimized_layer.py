@@ -302,6 +302,18 @@ def test_vit_scan_layers_and_written_out_backward_match_autodiff(router):
         theirs = jax.vjp(plain, x, scale, bias)[1](g)
         for a, b in zip(mine, theirs, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    # q, k, v from the fused weight with the written-out backward: autodiff's gradients, the same forward exactly
+    from optimized._vit import _qkv
+
+    h = jax.random.normal(jax.random.key(10), (2, 5, 8))
+    w3, b3 = jax.random.normal(jax.random.key(11), (8, 24)), jax.random.normal(jax.random.key(12), (24,))
+    cotangents = tuple(jax.random.normal(jax.random.key(13), (3, 2, 5, 2, 4)))
+    plain = lambda h, w, b: tuple((h @ w[:, 8 * i : 8 * i + 8] + b[8 * i : 8 * i + 8]).reshape(2, 5, 2, 4)  # noqa: E731
+                                  for i in range(3))  # fmt: skip
+    np.testing.assert_array_equal(jnp.stack(_qkv(h, w3, b3, 2)), jnp.stack(plain(h, w3, b3)))
+    ours = jax.vjp(lambda h, w, b: _qkv(h, w, b, 2), h, w3, b3)[1](cotangents)
+    for a, b in zip(ours, jax.vjp(plain, h, w3, b3)[1](cotangents), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     layer = model.blocks[1].moe
     groups = jax.random.normal(jax.random.key(8), (2, config.group_size, config.width))
     keys = jax.random.split(jax.random.key(9), 2)

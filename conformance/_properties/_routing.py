@@ -85,9 +85,11 @@ def rounding_sensitivity(ctx, router, logits, slots, dtype, num_iters=20) -> flo
     analytically (the plan is already balanced, as whenever C = T and no entry is clipped, whatever the logits),
     a port computing in float32 gets the rounding of its row sums, about 1e-7, and Adam takes a step of the
     learning rate in its direction; the reference, in float64, gets ~1e-16 and steps 1e-10. Moving the logits
-    cannot show (2), so the gradient is moved too, by 4 roundings of ``dtype`` in four patterns: distinct tokens
-    alternately up and down (a common shift of every entry moves all of alpha alike, which the plan ignores),
-    either way round, and two signs drawn from each token's row and current gradient value; and the duals where
+    cannot show (2), so the gradient is moved too, by 4 roundings of ``dtype`` in six patterns: every entry up, every
+    entry down (a common shift of alpha leaves the exact plan unchanged, but not its rounding in ``alpha + S``, which
+    Adam then amplifies: this is how optimized's float64 loop rounds, ``BALANCED_SPARSE_OT_20``), distinct tokens
+    alternately up and down, either way round, and two signs drawn from each token's row and current gradient
+    value; and the duals where
     the projection compares them, in two patterns drawn from each token's row and dual. Rounding is a
     function of the values computed: identical tokens, while their values are identical, are perturbed
     identically (their exact ties stay the spec's to decide); once the spec's tie rule has set them apart
@@ -106,6 +108,8 @@ def rounding_sensitivity(ctx, router, logits, slots, dtype, num_iters=20) -> flo
     alternate = np.where(token_class.ravel() % 2 == 0, 1.0, -1.0)
     row = (logits * (1 + np.arange(logits.shape[1]))).sum(axis=1)  # the same for identical tokens
     patterns = (
+        lambda g: size * np.ones_like(g),
+        lambda g: -size * np.ones_like(g),
         lambda g: size * alternate,
         lambda g: -size * alternate,
         lambda g: size * np.sign(np.cos(1e9 * g + 3 * row) + 0.5),

@@ -16,7 +16,15 @@ from .._checks import (
 )
 from .._strategies import grid_matrix, logits_case, route_case, scores_case
 from ._base import TOKEN_CHOICE, case_logits, f64, prop, softmax
-from ._cases import BALANCED_SPARSE_OT, EC_HAND, SINKHORN_HAND, SINKHORN_SLOW, TC_HAND, ZERO_PLAN_HAND
+from ._cases import (
+    BALANCED_SPARSE_OT,
+    BALANCED_SPARSE_OT_20,
+    EC_HAND,
+    SINKHORN_HAND,
+    SINKHORN_SLOW,
+    TC_HAND,
+    ZERO_PLAN_HAND,
+)
 from ._routing import assert_same_routing, rounding_sensitivity
 
 # capacity(T, E, c) = round(c T / E), refused below 1 (Choice [capacity-below-one]): (1, 1, 1) -> 1, the smallest
@@ -74,7 +82,8 @@ def sinkhorn_affinity_equivalence(ctx, case, router):
     )
 
 
-@prop("equivalence", lambda r: st.tuples(logits_case(), st.sampled_from([1, 5, 20])), examples=[BALANCED_SPARSE_OT])
+@prop("equivalence", lambda r: st.tuples(logits_case(), st.sampled_from([1, 5, 20])),
+      examples=[BALANCED_SPARSE_OT, BALANCED_SPARSE_OT_20])
 def sparse_ot_affinity_equivalence(ctx, case, router):
     lc, num_iters = case
     logits, slots = lc["logits"], lc["capacity"]
