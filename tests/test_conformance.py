@@ -78,6 +78,24 @@ def test_optimized_conforms_in_float32(router):
     assert all(o.status == "n/a" for o in outcomes if (o.property, o.router) in FLOAT64_ONLY)
 
 
+def test_the_rounding_models_float_replay_of_sparse_ot_is_the_spec():
+    # rounding_sensitivity replays the spec's sparse-OT solve in a coarser dtype; in float64 the replay is the spec
+    from conformance._properties._routing import _sparse_ot_in
+
+    rng = np.random.default_rng(0)
+    for tokens, experts, slots, num_iters in ((9, 3, 2, 20), (8, 2, 8, 5), (12, 4, 3, 1), (6, 3, 1, 20)):
+        logits = rng.normal(size=(tokens, experts)) * 2
+        np.testing.assert_allclose(
+            _sparse_ot_in(np.dtype(np.float64), logits, slots, num_iters),
+            reference.sparse_ot_affinity(logits, slots, num_iters=num_iters),
+            rtol=0, atol=1e-12,
+        )  # fmt: skip
+    logits = rng.normal(size=(9, 3))
+    float32 = _sparse_ot_in(np.dtype(np.float32), logits, 4, 20)  # rounded: near the spec, not equal to it
+    assert float32.dtype == np.float64
+    assert 0 < np.abs(float32 - reference.sparse_ot_affinity(logits, 4)).max() < 1e-4
+
+
 def test_the_float64_only_checks_exist():
     # Each check exempted in float32 is one of the suite's: the n/a assertion above is not vacuous.
     assert FLOAT64_ONLY <= set().union(*map(_checks, SPLIT))
