@@ -94,7 +94,14 @@ def _finish(procs, timeout=300):
             for p in procs:
                 p.kill()
             raise
-    return [(proc.returncode, err) for proc, (_, err) in zip(procs, outputs, strict=True)]
+    return [(proc.returncode, _all_errors(procs, outputs, i)) for i, proc in enumerate(procs)]
+
+
+def _all_errors(procs, outputs, i) -> str:
+    """Process i's stderr, then the others' exit statuses and stderr: when one process of a run fails, another
+    often shows only the consequence (a collective or jax.distributed's shutdown barrier that timed out)."""
+    others = [f"--- process {j} (exit {p.returncode}) stderr:\n{outputs[j][1]}" for j, p in enumerate(procs) if j != i]
+    return "\n".join([outputs[i][1], *others])
 
 
 def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_and_a_2x4_mesh_trains_as_one_process(tmp_path):

@@ -62,6 +62,30 @@ def test_a_different_config_is_refused(tmp_path, tiny, tiny_data):
         train.train_and_evaluate(tiny.replace(steps=1, learning_rate=0.01), tmp_path, progress=False)
 
 
+def test_the_config_is_read_whole_while_process_0_rewrites_it(tmp_path, tiny):
+    # With several processes, the others check config.json while process 0 records it; a write that truncates first
+    # let a reader see an empty file ("not valid JSON"), which ended a resumed two-process run in CI.
+    import threading
+
+    from train.workdir import check_or_write_config
+
+    check_or_write_config(tiny, tmp_path)
+    done = threading.Event()
+
+    def rewrite():
+        while not done.is_set():
+            check_or_write_config(tiny, tmp_path)
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    try:
+        for _ in range(3000):
+            check_or_write_config(tiny, tmp_path, write=False)
+    finally:
+        done.set()
+        writer.join()
+
+
 def test_corrupted_checkpoint_is_detected_not_loaded(tmp_path, tiny, tiny_data):
     config = tiny.replace(steps=2, checkpoint_every=1)
     train.train_and_evaluate(config, tmp_path, stop_after=1, progress=False, dataset=tiny_data)

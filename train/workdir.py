@@ -94,8 +94,18 @@ def check_or_write_config(config: Config, workdir: Path, *, write: bool = True) 
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ConfigMismatchError(f"{path} is not valid JSON ({err}); use a new workdir") from err
         check_config(config, saved, f"workdir {workdir}")
-    if write:
-        path.write_text(config.to_json())  # a new run, or the same run perhaps under another mesh: record this one
+    if write:  # a new run, or the same run perhaps under another mesh: record this one
+        # Whole or not at all: with several processes the others read it (above) while process 0 writes it, and a
+        # file truncated mid-write read as "not valid JSON" there ended a resumed two-process run in CI.
+        _replace(path, config.to_json())
+
+
+def _replace(path: Path, text: str) -> None:
+    """``path`` holds ``text`` whole: a reader sees the old file or the new one, never a part (written aside,
+    then renamed over it)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 class WorkdirLock:
@@ -228,9 +238,7 @@ def truncate_metrics(workdir, step: int) -> None:
     if not path.exists():
         return
     keep = [record for record in _metric_records(path) if record.get("step", 0) <= step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(record) + "\n" for record in keep))
-    os.replace(tmp, path)
+    _replace(path, "".join(json.dumps(record) + "\n" for record in keep))
 
 
 def summary_path(workdir) -> Path:
@@ -238,7 +246,7 @@ def summary_path(workdir) -> Path:
 
 
 def write_summary(workdir, summary: dict) -> None:
-    summary_path(workdir).write_text(json.dumps(summary, indent=2))
+    _replace(summary_path(workdir), json.dumps(summary, indent=2))
 
 
 def read_summary(workdir) -> dict:
