@@ -144,7 +144,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_and_a_2x4_mesh_t
     for status, err in _finish([*straight, one], timeout=900):
         assert status == 0, err
     # resumed alone, after the others (not needed for the verdict; fewer processes on the cores). The resume's two
-    # failures in CI, jax.distributed's shutdown barrier timing out, were process 1 reading config.json while
+    # failures in CI, jax.distributed's shutdown barrier timing out, fit process 1 reading config.json while
     # process 0 rewrote it ("not valid JSON", exit 1), process 0 left waiting in a collective: the file is now
     # replaced whole (test_train.py, test_the_config_is_read_whole_while_process_0_rewrites_it)
     port = _free_port()
