@@ -272,7 +272,7 @@ def test_vit_scan_layers_and_written_out_backward_match_autodiff(router):
     # The sequence of blocks (the default) and the rolled scan over stacked pairs are one function; the layer norm
     # and matmuls with written-out backward passes (optimized._vit) give autodiff's gradients; the experts run on
     # (E, G * C, D) give the per-group layer's outputs.
-    from optimized._vit import _layer_norm_forward, _matmul
+    from optimized._backward import _layer_norm_forward, _matmul
 
     config = tiny_config(router, depth=4, pool="cls", soft_moe_normalize=router == "soft_moe")
     images = jax.random.normal(jax.random.key(1), (4, 8, 8, 1))
@@ -295,7 +295,7 @@ def test_vit_scan_layers_and_written_out_backward_match_autodiff(router):
         return _layer_norm_forward(x, scale, bias, 1e-6)[0]
 
     for ours, plain in (
-        (lambda x, s, b: O._vit._layer_norm(x, s, b) @ w, lambda x, s, b: autodiff_layer_norm(x, s, b) @ w),
+        (lambda x, s, b: O._backward._layer_norm(x, s, b) @ w, lambda x, s, b: autodiff_layer_norm(x, s, b) @ w),
         (lambda x, s, b: _matmul(x * s + b, w), lambda x, s, b: (x * s + b) @ w),
     ):
         mine = jax.vjp(ours, x, scale, bias)[1](g)
@@ -303,7 +303,7 @@ def test_vit_scan_layers_and_written_out_backward_match_autodiff(router):
         for a, b in zip(mine, theirs, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     # q, k, v from the fused weight with the written-out backward: autodiff's gradients, the same forward exactly
-    from optimized._vit import _qkv
+    from optimized._backward import _qkv
 
     h = jax.random.normal(jax.random.key(10), (2, 5, 8))
     w3, b3 = jax.random.normal(jax.random.key(11), (8, 24)), jax.random.normal(jax.random.key(12), (24,))

@@ -11,7 +11,7 @@ import pytest
 
 import optimized as O
 import train
-from optimized._vit import _layer_norm
+from optimized._backward import _layer_norm
 from train import routing_plots, visualize
 from train.presets import resolve
 
