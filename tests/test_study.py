@@ -336,6 +336,13 @@ def test_pilot_gates_the_study(tmp_path, monkeypatch):
     # margin are not), declares the MDD, and gates the study.
     result = study.run_pilot(spec, tmp_path, regimes=("tiny-a", "tiny-b"), steps=5, margin=-1000, progress=False)
     assert result["regime"] == "tiny-a" and len(result["regimes"]) == 1
+    # The round under the other margin is kept whole as an earlier round, in pilot.json and pilot.md.
+    assert [(r["margin"], [row["regime"] for row in r["regimes"]]) for r in result["earlier"]] == [
+        (1000, ["tiny-a", "tiny-b"])]
+    assert result["earlier"][0]["regimes"] == recorded
+    report = (tmp_path / "pilot.md").read_text()
+    assert "Outcome: **accepted**: regime `tiny-a`" in report and "## Earlier round 1 (every regime rejected)" in report
+    assert report.count("| rejected |") == 4 and report.count("| accepted |") == 2
     # The controls' figures are within-seed differences of the runs' accuracies, in points.
     for seed, d in result["regimes"][0]["controls"].items():
         acc = result["regimes"][0]["accuracy"][seed]
@@ -345,6 +352,9 @@ def test_pilot_gates_the_study(tmp_path, monkeypatch):
     assert d["mdd_points"] == pytest.approx(study.minimum_detectable_difference(d["sd_points"], 10, 2))
     assert study.pilot_study_spec(tmp_path).regime == "tiny-a"
     assert study.schedule(study.pilot_study_spec(tmp_path), tmp_path) == (5, 2e-3, "the pilot (pilot.json)")
+    # A rerun of the accepting round keeps its earlier round as it was.
+    again = study.run_pilot(spec, tmp_path, regimes=("tiny-a", "tiny-b"), steps=5, margin=-1000, progress=False)
+    assert again["earlier"] == result["earlier"] and (tmp_path / "pilot.md").read_text() == report
 
 
 def test_docstring_examples():
