@@ -134,6 +134,23 @@ REGIMES = {
     # at seed 100), so its between-seed swing may be smaller than at widths 8 and 16 (6.6-8.9 points).
     "routing-both-c1-tc2": Regime("parts", (*_ROUTING, "model.mlp_dim=32", "model.moe_layers=0,1"), 1, "as "
                                   "`routing-both-tc2` with experts (and the dense MLPs) of width 32", 2),
+    # Choice (pilot round 3, added after round 2 at 3000 steps rejected `routing-both-tc2` and
+    # `routing-both-tiny-tc2`: learned - content-agnostic +4.0 to +6.7 on every seed, MoE - dense +2.62/+0.35 and
+    # +3.91/-1.30, the dense ViT of width 8 moving 85.61 -> 91.18 between seeds while Token Choice stayed at
+    # 89.5-89.9): the MoE must hold clearly more than the dense ViT for MoE - dense to clear the dense ViT's
+    # between-seed swing. With E = 16 experts of width 8 in both blocks each MoE layer has 128 hidden units
+    # against the dense MLP's 8 (64 with E = 8); groups of 16 images keep C = 2T/E = 32 slots per expert.
+    "routing-both-e16-tc2": Regime("parts", (*_ROUTING, "model.mlp_dim=8", "model.moe_layers=0,1",
+                                             "model.num_experts=16", "model.group_images=16"), 1,
+                                   "as `routing-both-tiny-tc2` with E = 16 experts (of width 8) in both blocks "
+                                   "and routing groups of 16 images", 2),
+    # Choice (round 3, after `routing-both-e16-tc2`): a task with 4x the part templates (8 families x 128
+    # variants, 1024 templates against 256), so that a class's parts are nearly its own and recognizing them takes
+    # more detectors than the dense ViT's MLPs of width 8 hold; the MoE as in `routing-both-tiny-tc2`.
+    "routing-both-tiny-v128-tc2": Regime("parts", ("model.depth=2", "data.families=8", "data.variants=128",
+                                                   "data.distractors=4", "model.mlp_dim=8", "model.moe_layers=0,1"),
+                                         1, "as `routing-both-tiny-tc2` on a task of 8 part families x 128 "
+                                         "variants (1024 templates)", 2),
     "parts": Regime("parts", (), 1, "the previous study's regime: depth 4 (MoE at blocks 1 and 3), hidden width "
                     "64, 4 families x 16 variants, 2 distractors (67.5% background), capacity 1"),
 }

@@ -46,7 +46,12 @@ from .statistics import ALPHA, POWER, minimum_detectable_difference
 # regime that failed a control on seed 100 is not retried. 3000 steps is what the default study can afford:
 # two pinned workers train two 1500-step runs in 52.7 s (measured idle, 2026-12-04; 77.4 s one after the
 # other in one process), so 50 runs of 3000 steps take about 45 minutes.
-PILOT_REGIMES = ("routing-both-tc2", "routing-both-tiny-tc2")
+# Both were rejected (MoE - dense below 2 points at seed 101: +0.35 and -1.30). Choice (declared before their
+# runs, 2026-12-04): under the same rule, seeds and schedule, two more regimes where the MoE holds more against
+# the dense ViT (``design.REGIMES``): `routing-both-e16-tc2` (16 experts per layer), then
+# `routing-both-tiny-v128-tc2` (4x the part templates). Appended, as in round 1: the rows recorded for the
+# first two are kept, not retrained.
+PILOT_REGIMES = ("routing-both-tc2", "routing-both-tiny-tc2", "routing-both-e16-tc2", "routing-both-tiny-v128-tc2")
 PILOT_SEEDS = (100, 101)  # seeds no study uses by default
 PILOT_MARGIN = 2.0  # points: both controls must be at least this on both seeds
 PILOT_STEPS = 3000  # round 1: 1500, the previous study's setting
