@@ -67,7 +67,9 @@ def train_run(config: Config, workdir: Path, *, data: StudyData, progress: bool)
 # load average of 7-9 (not idle): two 200-step runs of the routing-c1 Token Choice config trained at 1410 and
 # 2301 images/s one after the other in one process (0.62 cores used), and at 1180 + 1023 = 2203 images/s
 # together in two workers (0.75 cores used): about 1.2x the steps per second, but 97 s of wall time against 81 s,
-# since each worker imports and generates the dataset itself. Not settled: re-measure on idle cores.
+# since each worker imports and generates the dataset itself. Re-measured on idle cores (2026-12-04, two 1500-step
+# runs of the routing-both-tc2 Token Choice config, seeds 100 and 101): 52.7 s of wall time in two workers (2.03
+# cores busy) against 77.4 s one after the other in one process (1.48 cores): 1.47x.
 WORKER_ENV = {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
               "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # fmt: skip
 
