@@ -44,6 +44,8 @@ import numpy as np
 
 from optimized import ViTMoE, with_layout
 
+from .workdir import write_whole
+
 KEEP = 2  # the newest checkpoints kept on disk
 ITEMS = ("model", "opt_state")
 SIDECAR = "sha256.json"
@@ -84,24 +86,9 @@ def _files(step_dir: Path) -> list[Path]:
     return sorted(p for p in step_dir.rglob("*") if p.is_file() and p.name != SIDECAR)
 
 
-def _write_durably(path: Path, text: str) -> None:
-    """``path`` holds ``text`` whole or is left as it was: written aside, flushed to disk, renamed."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_sidecar(step_dir: Path) -> None:
     record = {str(p.relative_to(step_dir)): digest(p) for p in _files(step_dir)}
-    _write_durably(step_dir / SIDECAR, json.dumps(record, indent=1, sort_keys=True))
+    write_whole(step_dir / SIDECAR, json.dumps(record, indent=1, sort_keys=True))
 
 
 def read_record(step_dir: Path) -> dict[str, str]:
@@ -419,7 +406,7 @@ class Checkpoints:
                 return
             step_dir = self.directory / str(step)
             if self.config_json is not None:
-                _write_durably(step_dir / CONFIG, self.config_json)
+                write_whole(step_dir / CONFIG, self.config_json)
             _write_sidecar(step_dir)
             self._prune()
         except BaseException as err:  # raised on the training thread by finish()

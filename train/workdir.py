@@ -97,15 +97,24 @@ def check_or_write_config(config: Config, workdir: Path, *, write: bool = True) 
     if write:  # a new run, or the same run perhaps under another mesh: record this one
         # Whole or not at all: with several processes the others read it (above) while process 0 writes it, and a
         # file truncated mid-write read as "not valid JSON" there ended a resumed two-process run in CI.
-        _replace(path, config.to_json())
+        write_whole(path, config.to_json())
 
 
-def _replace(path: Path, text: str) -> None:
-    """``path`` holds ``text`` whole: a reader sees the old file or the new one, never a part (written aside,
-    then renamed over it)."""
+def write_whole(path: Path, text: str) -> None:
+    """``path`` holds ``text`` whole or is left as it was, and a reader sees the old file or the new one, never a
+    part: written aside (a name of this process's own), flushed to disk, renamed over it, the directory flushed."""
+    path = Path(path)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class WorkdirLock:
@@ -238,7 +247,7 @@ def truncate_metrics(workdir, step: int) -> None:
     if not path.exists():
         return
     keep = [record for record in _metric_records(path) if record.get("step", 0) <= step]
-    _replace(path, "".join(json.dumps(record) + "\n" for record in keep))
+    write_whole(path, "".join(json.dumps(record) + "\n" for record in keep))
 
 
 def summary_path(workdir) -> Path:
@@ -246,7 +255,7 @@ def summary_path(workdir) -> Path:
 
 
 def write_summary(workdir, summary: dict) -> None:
-    _replace(summary_path(workdir), json.dumps(summary, indent=2))
+    write_whole(summary_path(workdir), json.dumps(summary, indent=2))
 
 
 def read_summary(workdir) -> dict:
