@@ -79,17 +79,18 @@ def test_optimized_conforms_in_float32(router):
 
 
 def test_the_rounding_models_float_replay_of_sparse_ot_is_the_spec():
-    # rounding_sensitivity replays the spec's sparse-OT solve in a coarser dtype; in float64 the replay is the spec
-    from conformance._properties._routing import _sparse_ot_in
+    # rounding_sensitivity replays the spec's sparse-OT solve in a coarser dtype and with roundings added; in
+    # float64 the replay is the spec, and with nothing added the rounded solve is the spec's bit for bit
+    from conformance._properties._routing import _sparse_ot_in, _sparse_ot_rounded_gradients
 
     rng = np.random.default_rng(0)
     for tokens, experts, slots, num_iters in ((9, 3, 2, 20), (8, 2, 8, 5), (12, 4, 3, 1), (6, 3, 1, 20)):
         logits = rng.normal(size=(tokens, experts)) * 2
-        np.testing.assert_allclose(
-            _sparse_ot_in(np.dtype(np.float64), logits, slots, num_iters),
-            reference.sparse_ot_affinity(logits, slots, num_iters=num_iters),
-            rtol=0, atol=1e-12,
-        )  # fmt: skip
+        spec = reference.sparse_ot_affinity(logits, slots, num_iters=num_iters)
+        np.testing.assert_allclose(_sparse_ot_in(np.dtype(np.float64), logits, slots, num_iters), spec, rtol=0,
+                                   atol=1e-12)  # fmt: skip
+        unrounded = _sparse_ot_rounded_gradients(reference, logits, slots, num_iters, lambda g: 0.0)
+        np.testing.assert_array_equal(unrounded, spec)
     logits = rng.normal(size=(9, 3))
     float32 = _sparse_ot_in(np.dtype(np.float32), logits, 4, 20)  # rounded: near the spec, not equal to it
     assert float32.dtype == np.float64

@@ -74,14 +74,26 @@ def _sparse_ot_in(dtype, logits, slots, num_iters):
     def plan(alpha):
         return np.stack([b * column((alpha + utility[:, r]) / b) for r in range(experts)], axis=1)
 
-    alpha, m, v = (np.zeros(tokens, dtype) for _ in range(3))
+    return _adam_duals(plan, tokens, num_iters, dtype).astype(np.float64)
+
+
+def _adam_duals(plan, tokens, num_iters, dtype=np.float64, rounding=None, dual_rounding=None):
+    """``plan(alpha)`` at the duals the spec's Adam reaches (Choice [sparse-ot-adam]: from 0, b1 0.9, b2 0.999,
+    eps 1e-8, learning rate 1e-2, the gradient the plan's row sums minus 1), every operation in ``dtype``;
+    ``rounding(grad)`` added to every gradient and ``dual_rounding(alpha)`` to the duals the plan is taken at,
+    when given (``_sparse_ot_rounded_gradients``)."""
+    t = np.dtype(dtype).type
+    rounded = (lambda a: a) if dual_rounding is None else (lambda a: a + dual_rounding(a))
+    alpha, m, v = (np.zeros(tokens, t) for _ in range(3))
     for step in range(1, num_iters + 1):
-        grad = plan(alpha).sum(axis=1) - one
-        m = dtype.type(0.9) * m + dtype.type(0.1) * grad
-        v = dtype.type(0.999) * v + dtype.type(0.001) * grad * grad
-        first, second = m / dtype.type(1 - 0.9**step), v / dtype.type(1 - 0.999**step)
-        alpha = alpha - dtype.type(1e-2) * first / (np.sqrt(second) + dtype.type(1e-8))
-    return plan(alpha).astype(np.float64)
+        grad = plan(rounded(alpha)).sum(axis=1) - t(1)
+        if rounding is not None:
+            grad = grad + rounding(grad)
+        m = t(0.9) * m + t(1 - 0.9) * grad  # the spec's expressions in the spec's order, so that in float64 with
+        v = t(0.999) * v + t(1 - 0.999) * grad**2  # no rounding added this is the spec's solve, bit for bit
+        first, second = m / t(1 - 0.9**step), v / t(1 - 0.999**step)
+        alpha = alpha - t(1e-2) * first / (np.sqrt(second) + t(1e-8))
+    return plan(rounded(alpha))
 
 
 def _sparse_ot_rounded_gradients(ref, logits, slots, num_iters, rounding, dual_rounding=None):
@@ -99,14 +111,7 @@ def _sparse_ot_rounded_gradients(ref, logits, slots, num_iters, rounding, dual_r
             [b * ref.project_sparse_simplex((alpha + utility[:, r]) / b, slots) for r in range(experts)], axis=1
         )
 
-    rounded = (lambda a: a) if dual_rounding is None else (lambda a: a + dual_rounding(a))
-    alpha, m, v = np.zeros(tokens), np.zeros(tokens), np.zeros(tokens)
-    for step in range(1, num_iters + 1):
-        grad = plan(rounded(alpha)).sum(axis=1) - 1.0
-        grad = grad + rounding(grad)
-        m, v = 0.9 * m + 0.1 * grad, 0.999 * v + 0.001 * grad**2
-        alpha = alpha - 1e-2 * (m / (1 - 0.9**step)) / (np.sqrt(v / (1 - 0.999**step)) + 1e-8)
-    return plan(rounded(alpha))
+    return _adam_duals(plan, tokens, num_iters, rounding=rounding, dual_rounding=dual_rounding)
 
 
 def rounding_sensitivity(ctx, router, logits, slots, dtype, num_iters=20) -> float:
