@@ -88,6 +88,8 @@ FINDINGS = (
             "route_capacity",
             "route_equivalence",
             "low_precision_inputs_route_like_the_reference",
+            "route_defaults_as_users_call_them",
+            "logits_beyond_exp_overflow",
         ),
         verdict="variant",
         cause="_capacity rounds up, max(ceil(T / E * capacity_factor * k), min_capacity) (Switch/GShard's convention), "
@@ -96,25 +98,35 @@ FINDINGS = (
         where=_WHERE.format("152-162"),
     ),
     Finding(
-        properties=("rejects_bad_input_like_the_reference",),
+        properties=("rejects_bad_input_like_the_reference", "refuses_at_every_entry_point"),
         verdict="no validation",
         cause="capacity(3, 32, 1): ceil(3 / 32) = 1, so a group too small for its experts gets capacity 1 instead "
         "of an error (the spec's Choice [capacity-below-one] raises; the gates accept any T >= min_capacity). The "
         "gates check no input either: a W of the wrong width fails inside TopKGate's matmul with torch's "
-        "RuntimeError, not an error naming the argument.",
-        where=_WHERE.format("158-162"),
+        "RuntimeError, not an error naming the argument; NaN tokens are routed (top1gating's gates * mask1_float "
+        "keeps NaN where the mask is 0, so dispatch_mask = combine_weights.bool() is True in all 16 entries for "
+        "T = 4, E = 2, C = 2, combine NaN); k = 3 > E and k = 0 fail inside topkgating's torch.topk and F.one_hot "
+        "(num_classes = capacity 0) with RuntimeError, where the spec's route raises ValueError.",
+        where=_WHERE.format("158-162, 311-317, 433, 500"),
     ),
     Finding(
-        properties=("route_equivalence", "low_precision_inputs_route_like_the_reference"),
+        properties=(
+            "route_equivalence",
+            "low_precision_inputs_route_like_the_reference",
+            "identical_tokens_tie_exactly",
+            "route_defaults_as_users_call_them",
+            "logits_beyond_exp_overflow",
+        ),
         verdict="bug",
         cause="With use_rts=False, top1gating keeps an over-full expert's tokens by torch.topk over the 0/1 mask "
         "(mask1_rand = mask1), so which of the tied requests survive is torch.topk's unspecified tie order, neither "
         "position nor probability: 8 tokens all choosing one expert of capacity 4 keep tokens 4-7 (topk returns "
-        "6, 5, 4, 7), and in T = 4, E = 2 token 0 (p = 0.88) is dropped for token 3 (p = 0.73). The library's own "
-        "top2gating (torch.lt(locations, capacity)) and topkgating's drop_policy='position' keep requests in token "
-        "order, as GShard (cited by TopKGate's docstring) and Algorithm 1 do; the result here depends on torch's "
-        "topk kernel. Masked in the ci run by the capacity finding (it shows once the T = 10, E = 4 cases are set "
-        "aside).",
+        "6, 5, 4, 7), six identical tokens choosing e0 of capacity 4 (T = 12, E = 3) keep tokens 0, 1, 4, 5 where "
+        "the spec keeps 0-3 (with or without a +-800 shift of the logits), and in T = 4, E = 2 token 0 (p = 0.88) "
+        "is dropped for token 3 (p = 0.73). The library's own top2gating (torch.lt(locations, capacity)) and "
+        "topkgating's drop_policy='position' keep requests in token order, as GShard (cited by TopKGate's "
+        "docstring) and Algorithm 1 do; the result here depends on torch's topk kernel. Except for the identical "
+        "tokens, masked in the ci run by the capacity finding (it shows once the T = 10, E = 4 cases are set aside).",
         where=_WHERE.format("266-287"),
         routers=("softmax_token_choice",),
     ),

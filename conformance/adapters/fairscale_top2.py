@@ -58,21 +58,34 @@ _WHERE = "fairscale/nn/moe/top2gate.py:{} (fairscale 0.4.13)"
 
 FINDINGS = (
     Finding(
-        properties=("relabeling_experts_permutes_the_expert_axis", "route_equivalence"),
+        properties=(
+            "relabeling_experts_permutes_the_expert_axis",
+            "route_equivalence",
+            "identical_tokens_tie_exactly",
+            "logits_beyond_exp_overflow",
+        ),
         verdict="variant",
         cause="The second expert is a Gumbel-max sample, argmax(logits + Gumbel noise) over the other experts (the "
         "file's own comment: 'using Gumbel-max trick'), not the second-best expert of Algorithm 1; with the seed "
-        "fixed, the noise is tied to column positions, so relabeling the experts changes the draw. There is no switch "
-        "to take the argmax instead.",
+        "fixed, the noise is tied to column positions, so relabeling the experts changes the draw, and each row "
+        "gets its own draw, so identical tokens part: 24 copies of logits (0, 0, 0, 0, 1/64, 1/32) all take e5 "
+        "first, then e1, e1, e4, e3, e2, ... where the spec's second choice is e4 for all (the same draw at a "
+        "+-800 shift). There is no switch to take the argmax instead.",
         where=_WHERE.format("53-58"),
         routers=("softmax_token_choice",),
     ),
     Finding(
-        properties=("route_capacity", "route_equivalence"),
+        properties=(
+            "route_capacity",
+            "route_equivalence",
+            "identical_tokens_tie_exactly",
+            "logits_beyond_exp_overflow",
+        ),
         verdict="variant",
         cause="The two kept gate values are renormalized to sum to 1 (gates1_s /= gates1_s + gates2_s; a lone "
-        "survivor gets 1.0), GShard's top-2 gate; the spec's combine is the softmax probability itself (eqs. 1-3). "
-        "No option turns it off.",
+        "survivor gets 1.0), GShard's top-2 gate; the spec's combine is the softmax probability itself (eqs. 1-3): "
+        "with the Gumbel draw set to 0, 24 copies of logits (0, 0, 0, 0, 1/64, 1/32) are dispatched as the spec's "
+        "but combined with 0.496 and 0.504, not 0.168 and 0.171. No option turns it off.",
         where=_WHERE.format("80-87"),
         routers=("softmax_token_choice",),
     ),

@@ -71,12 +71,12 @@ SETTINGS = (
 
 FINDINGS = (
     Finding(
-        properties=("rejects_bad_input_like_the_reference",),
+        properties=("rejects_bad_input_like_the_reference", "refuses_at_every_entry_point"),
         verdict="no validation",
         cause="SwitchTransformersTop1Router checks no input: NaN tokens are routed (argmax of NaN probabilities is "
         "expert 0; four NaN tokens fill its C = 2 slots with combine weight NaN and the rest are dropped), and a W "
         "of the wrong width fails inside the classifier's matmul with torch's RuntimeError, not an error naming "
-        "the argument",
+        "the argument; the same through route, where the spec raises ValueError for both",
         where="transformers/models/switch_transformers/modeling_switch_transformers.py:73-104 (transformers 5.25.0)",
     ),
 )

@@ -76,13 +76,21 @@ SETTINGS = (
 
 FINDINGS = (
     Finding(
-        properties=("route_capacity", "route_equivalence", "low_precision_inputs_route_like_the_reference"),
+        properties=(
+            "route_capacity",
+            "route_equivalence",
+            "low_precision_inputs_route_like_the_reference",
+            "route_defaults_as_users_call_them",
+            "identical_tokens_tie_exactly",
+            "logits_beyond_exp_overflow",
+        ),
         verdict="variant",
         cause="Token Choice capacity: C = int(S * capacity_factor / E) rounded up to a multiple of 4 ('to avoid "
         "possible padding'), not round(k T / E): T = 10, E = 4 gives C = 4 for k = 1 (spec 2) and 8 for k = 2 "
-        "(spec 5); the extra slots take tokens the spec drops. The docstring promises 'at least S * "
-        "capacity_factor / E' (the int() before rounding up can break even that: S = 9, E = 2 gives 4 < 4.5). "
-        "expert_capacity_dim = C with no capacity factor would give the spec's C; the layer calls that internal",
+        "(spec 5), T = 2, E = 2, k = 1 gives C = 4 (spec 1); the extra slots take tokens the spec drops. The "
+        "docstring promises 'at least S * capacity_factor / E' (the int() before rounding up can break even that: "
+        "S = 9, E = 2 gives 4 < 4.5). expert_capacity_dim = C with no capacity factor would give the spec's C; the "
+        "layer calls that internal",
         where="praxis/gshard_utils.py:179-188, 500-507 (praxis 1.4.0)",
         routers=("softmax_token_choice",),
     ),
@@ -108,23 +116,44 @@ FINDINGS = (
         routers=("softmax_expert_choice",),
     ),
     Finding(
-        properties=("route_equivalence", "low_precision_inputs_route_like_the_reference"),
+        properties=(
+            "route_equivalence",
+            "low_precision_inputs_route_like_the_reference",
+            "route_defaults_as_users_call_them",
+            "identical_tokens_tie_exactly",
+            "logits_beyond_exp_overflow",
+        ),
         verdict="variant",
         cause="Expert Choice slot order reversed: top_k sorts ascending (lax.sort_key_val) and keeps the last C, so "
         "slot 0 of an expert holds its C-th best token and slot C-1 its best (Algorithm 2: slot c holds the "
-        "(c+1)-th best); among equal scores the higher token index wins at the cut. Apart from such ties the "
-        "tokens and weights of each expert, hence the layer's output, are the spec's; jax.lax.top_k (descending, "
-        "lower index first) would give the spec's order",
+        "(c+1)-th best); among equal scores the higher token index wins at the cut (eight identical tokens, E = 2, "
+        "C = 4: each expert takes tokens 4-7, the spec 0-3). Apart from such ties the tokens and weights of each "
+        "expert, hence the layer's output, are the spec's; jax.lax.top_k (descending, lower index first) would give "
+        "the spec's order",
         where="praxis/gshard_utils.py:718-723, 798 (praxis 1.4.0)",
         routers=("softmax_expert_choice",),
     ),
     Finding(
-        properties=("rejects_bad_input_like_the_reference",),
+        properties=("rejects_bad_input_like_the_reference", "refuses_at_every_entry_point"),
         verdict="no validation",
         cause="The gating functions check no input: NaN tokens give NaN gates, and since the dispatch tensor is the "
         "combine tensor cast to bool (NaN is true), every token is dispatched to every slot of every expert with "
-        "weight NaN (T = 4, E = 2, k = 1: 8 dispatches per token), where the spec raises a ValueError",
-        where="praxis/gshard_utils.py:498, 652 (topk_gating_on_logits; top2_gating_on_logits: 177, 401) (praxis 1.4.0)",
+        "weight NaN (T = 4, E = 2, k = 1: 8 dispatches per token), where the spec raises a ValueError; Expert "
+        "Choice fills its C slots with NaN weights",
+        where="praxis/gshard_utils.py:498, 652 (topk_gating_on_logits; top2_gating_on_logits: 177, 401; "
+        "expert_choice_gating_on_logits: 789) (praxis 1.4.0)",
+    ),
+    Finding(
+        properties=("refuses_at_every_entry_point",),
+        verdict="no validation",
+        cause="k and the capacity factor are not checked (T = 4, E = 2). Token Choice: k = 3 > E runs, its third "
+        "pick expert 0 again with gate 0, and k = 0 stops only at a bare assert (AssertionError, not ValueError). "
+        "Expert Choice keeps its ascending sort from index -bucket_size on (a check on bucket_size is commented "
+        "out): c = 3 (C = 6 > T) keeps all 4 tokens, c = 0.1 (C = 0, from index -0) all 4 too, c = -1 (C = -2) the "
+        "best 2, where the spec raises a ValueError",
+        where="praxis/gshard_utils.py:479, 555-559 (topk_gating_on_logits); 794-798, 723 "
+        "(expert_choice_gating_on_logits, top_k) (praxis 1.4.0)",
+        routers=("softmax_token_choice", "softmax_expert_choice"),
     ),
 )
 

@@ -65,6 +65,8 @@ FINDINGS = (
             "soft_moe_routing_equivalence",
             "route_equivalence",
             "low_precision_inputs_route_like_the_reference",
+            "route_defaults_as_users_call_them",
+            "logits_beyond_exp_overflow",
         ),
         verdict="variant",
         cause="SoftMoE.forward normalizes the tokens and the slot embeddings before eq. (10): self.norm and "
@@ -72,18 +74,23 @@ FINDINGS = (
         "D * cos(x_t, phi[:, r, c]) instead of eq. (10)'s x_t . phi[:, r, c]. Deliberate: its comment (line 330) cites "
         "the normalization Puigcerver et al. (2023) propose (l2-normalized X and Phi with a learned scalar scale), "
         "done here as RMSNorm with a per-dimension gamma. No option turns it off (use_layernorm=True swaps in "
-        "LayerNorm, still not eq. (10)).",
+        "LayerNorm, still not eq. (10)). So |logits| <= D and phi's scale is lost: at D = 1, x = [[1], [2]], "
+        "phi = [[[1], [-1]]] (or 256 times that) both tokens normalize to 1 and dispatch is 0.5 everywhere, where "
+        "eq. (11) gives 0.27 and 0.73 (at 256: 6.6e-112 and 1); the reference on the normalized x and phi matches "
+        "the library to 5e-8.",
         where="soft_moe_pytorch/soft_moe.py:70-77,297-300,330-335 (soft-moe-pytorch 0.1.9)",
     ),
     Finding(
-        properties=("rejects_bad_input_like_the_reference",),
+        properties=("rejects_bad_input_like_the_reference", "refuses_at_every_entry_point"),
         verdict="no validation",
         cause="SoftMoE checks neither its inputs nor its slot embeddings: slot_embeds is a plain (E, S, D) "
         "Parameter, so phi of the wrong width D, or an S that disagrees with the slot count round(c T / E) the "
         "factor implies, is refused only by torch's load_state_dict, with a RuntimeError (size mismatch for "
-        "slot_embeds) where the spec raises ValueError.",
-        where="soft_moe_pytorch/soft_moe.py:301 (soft-moe-pytorch 0.1.9); torch/nn/modules/module.py:2443,2639 "
-        "(torch 2.13.0)",
+        "slot_embeds) where the spec raises ValueError. Nor does it check num_slots or x: factor -1 gives "
+        "num_slots = -2, refused only by torch.randn (RuntimeError: negative dimension), and NaN tokens are "
+        "routed without an error, into NaN dispatch and combine weights.",
+        where="soft_moe_pytorch/soft_moe.py:290-301,311-335 (soft-moe-pytorch 0.1.9); "
+        "torch/nn/modules/module.py:2443,2639 (torch 2.13.0)",
     ),
 )
 

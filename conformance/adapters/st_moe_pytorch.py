@@ -54,7 +54,12 @@ SETTINGS = (
 
 FINDINGS = (
     Finding(
-        properties=("route_capacity", "route_equivalence"),
+        properties=(
+            "route_capacity",
+            "route_equivalence",
+            "identical_tokens_tie_exactly",
+            "logits_beyond_exp_overflow",
+        ),
         verdict="variant",
         cause="TopNGating renormalizes each token's top-k gates to sum to 1 before placing them in the combine "
         "tensor (gates / sum of the top-k gates, as GShard and tensor2tensor's moe.py, which it transcribes), so "
@@ -62,8 +67,20 @@ FINDINGS = (
         "softmax(logits)[t, r]; no option turns it off. (The suite's first message, a dispatch not exactly 0/1, "
         "is the straight-through line 525 evaluating (dispatch + combine) - combine in float32, off by one "
         "rounding; with straight_through_dispatch_tensor=False dispatch is exact and the combine difference "
-        "remains.)",
+        "remains.) With identical tokens, and with every logit shifted by 800, dispatch equals the reference's "
+        "and combine its combine / the top-2 sum to 4e-8 (0.496 = 0.251 / 0.506).",
         where="st_moe_pytorch/st_moe_pytorch.py:452-455,502,513-518 (st-moe-pytorch 0.1.8)",
+        routers=("softmax_token_choice",),
+    ),
+    Finding(
+        properties=("refuses_at_every_entry_point",),
+        verdict="no validation",
+        cause="TopNGating checks k only with assert top_n >= 2, so k = 0 and k = 1.5 (below 2, not for being "
+        "fractional) raise AssertionError where the spec raises ValueError and TypeError respectively, and it never "
+        "checks k against E: k = 3 with E = 2 reaches torch.topk, whose RuntimeError (selected index k out of "
+        "range) is the only refusal.",
+        where="st_moe_pytorch/st_moe_pytorch.py:365,428 (st-moe-pytorch 0.1.8); colt5_attention/topk.py:27 "
+        "(colt5-attention 0.11.2)",
         routers=("softmax_token_choice",),
     ),
 )
