@@ -56,11 +56,12 @@ class Recorder:
 
         return _Proxy()
 
-    def snippet(self, modules: dict[str, str]) -> str:
-        """Python that replays the recorded calls; ``modules`` maps alias to importable module name."""
+    def snippet(self, modules: dict[str, str], calls: list | None = None) -> str:
+        """Python that replays ``calls`` (default: the recorded calls); ``modules`` maps alias to importable
+        module name."""
         lines = ["import numpy as np"] + [f"import {name} as {alias}" for alias, name in modules.items()]
         names: dict[int, str] = {}
-        for i, (alias, name, args, kwargs, result) in enumerate(self.calls):
+        for i, (alias, name, args, kwargs, result) in enumerate(self.calls if calls is None else calls):
             rendered = [_literal(a, names) for a in args] + [f"{k}={_literal(v, names)}" for k, v in kwargs.items()]
             var = f"r{i}"
             # Only arrays and tuples are named: Python numbers are shared objects (every 1 has one id), so naming

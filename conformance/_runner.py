@@ -12,7 +12,7 @@ import types
 import hypothesis
 import numpy as np
 from hypothesis import HealthCheck, Phase, example, given, reject, settings
-from hypothesis.errors import Unsatisfiable
+from hypothesis.errors import Unsatisfiable, UnsatisfiedAssumption
 from hypothesis.reporting import with_reporter
 
 from reference import ROUTERS
@@ -124,6 +124,7 @@ def run_property(
     recorder = Recorder()
     ctx = Context(recorder.wrap(impl, "impl"), recorder.wrap(ref, "ref"), impl, ref, np.dtype(dtype))
     count = 0
+    failing: list = []  # the calls of the last example that failed: the snippet replays it, not the last one run
     delegated: list[str] = []  # set when the first example reached only delegated functions
     outside: list[str] = []  # the adapter's NotCovered messages
 
@@ -137,6 +138,12 @@ def run_property(
         except NotCovered as err:
             outside.append(str(err))
             reject()
+        except Exception as err:
+            # Hypothesis goes on after a failing explicit example (it reports every distinct failure), so the
+            # recorder's calls at the end can be another, passing example's. A discarded case is no failure.
+            if not isinstance(err, UnsatisfiedAssumption):
+                failing[:] = recorder.calls
+            raise
         own = [(n, a, k) for alias, n, a, k, r in recorder.calls if alias == "impl" and not isinstance(r, NotCovered)]
         if covers is not None and not any(is_covered(covers, *call) for call in own):
             if prop.calls_vary:
@@ -190,7 +197,7 @@ def run_property(
         notes = [n for e in [err, *errors] for n in getattr(e, "__notes__", ())]
         return Outcome(
             prop.name, prop.group, label, "failed", count + 1, message,
-            "\n".join([*(str(r) for r in reports), *notes]), recorder.snippet(modules),
+            "\n".join([*(str(r) for r in reports), *notes]), recorder.snippet(modules, failing or None),
         )  # fmt: skip
     # Every example discarded without Hypothesis complaining (explicit ones only) is n/a too, never a pass.
     return not_applicable() or Outcome(prop.name, prop.group, label, "passed", count)

@@ -211,6 +211,26 @@ def test_cli_prints_table_counterexample_snippet_and_fails():
     assert "Reproduce with:" in result.stdout and "impl.capacity(" in result.stdout
 
 
+def test_the_snippet_replays_the_failing_example_not_the_last_one_run():
+    # Hypothesis runs every explicit example even after one fails; the snippet must replay the failing one.
+    from hypothesis import strategies as st
+
+    from conformance._properties._base import Property
+    from conformance._runner import run_property
+
+    def check(ctx, case, router):
+        got, want = ctx.impl.capacity(*case), ctx.ref.capacity(*case)
+        assert got == want, f"capacity{case}: {got}, the reference {want}"
+
+    prop = Property("toy_capacity", "toy", check, lambda router: st.just((8, 2, 1)),
+                    examples=((12, 4, 1), (10, 4, 1), (16, 4, 1)))  # fmt: skip
+    mutant = types.SimpleNamespace(__name__="toy_port", capacity=lambda t, e, f: 4 if t == 10 else t * f // e)
+    outcome = run_property(prop, None, mutant, reference, "dev")
+    assert outcome.status == "failed"
+    # Hypothesis runs them last to first: (16, 4, 1) passes, (10, 4, 1) fails, (12, 4, 1) passes after it
+    assert "impl.capacity(10, 4, 1)" in outcome.snippet and "(12, 4, 1)" not in outcome.snippet, outcome.snippet
+
+
 def test_cli_exitfirst_stops_at_the_first_failure_and_says_so():
     result = subprocess.run(
         [sys.executable, "-m", "conformance", "--impl", "conformance.mutants.capacity_off_by_one", "--profile", "dev",
