@@ -47,6 +47,17 @@ ZERO_PLAN_HAND = {
     "noise": None,
     "experts": (np.zeros((2, 3, 4)), np.zeros((2, 4)), np.zeros((2, 4, 3)), np.zeros((2, 3))),
 }
+# Capacity where rounding decides: T = 10 tokens, E = 4 experts, factor 2 gives C = round(2 * 10 / 4) = 5 slots
+# for every sparse router (Token Choice at k = 2, Expert Choice at c = 2). A port that divides first
+# (10 // 4 * 2 = 4), truncates, or rounds up to a multiple of 4 (8) gets another C; without this case the kill
+# depended on Hypothesis drawing a T not divisible by E.
+CAPACITY_ROUTE_HAND = {
+    "router": None,  # every sparse router
+    "x": np.sin(np.arange(30.0)).reshape(10, 3),
+    "weight": np.cos(np.arange(12.0)).reshape(3, 4),
+    "factor": 2,
+    "noise": None,
+}
 # Sparse OT with C = T: seven tokens at logits (0, 0) and one at (0, 0.125), one Adam step. The plan is balanced
 # from the start (C = T, nothing clipped), so the gradient is 0 analytically: the reference computes exactly 0
 # and stays at 0.5039 (t0, e0), a float32 port gets the rounding of its row sums, ~1e-7, which Adam turns into a

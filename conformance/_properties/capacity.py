@@ -9,7 +9,7 @@ from .._checks import (
 )
 from .._strategies import route_case, scores_case
 from ._base import SPARSE, TOKEN_CHOICE, case_logits, f64, prop, softmax
-from ._cases import EC_HAND, TC_HAND
+from ._cases import CAPACITY_ROUTE_HAND, EC_HAND, TC_HAND
 
 
 @prop("capacity", lambda r: scores_case(), examples=[TC_HAND])
@@ -44,7 +44,7 @@ def expert_choice_capacity(ctx, case, router):
         assert_close(f"{who}: combine equals weights where dispatched, 0 elsewhere", c, expected, dtype=dt)
 
 
-@prop("capacity", route_case, routers=SPARSE)
+@prop("capacity", route_case, routers=SPARSE, examples=[CAPACITY_ROUTE_HAND])
 def route_capacity(ctx, case, router):
     x, w, factor = case["x"], case["weight"], case["factor"]
     t, e = x.shape[0], w.shape[1]
