@@ -21,8 +21,9 @@ import os
 try:
     import pytest
 except ImportError as err:  # this module is the suite as pytest tests; the CLI (python -m conformance) needs no pytest
-    raise ImportError("conformance.test_conformance runs under pytest (`pip install pytest`, then "
-                      "`pytest --pyargs conformance`); without it use `python -m conformance`") from err
+    raise ImportError("conformance.test_conformance runs under pytest (`pip install \".[conformance]\"` or "
+                      "`pip install pytest`, then `pytest --pyargs conformance`); without it use "
+                      "`python -m conformance`") from err
 
 from ._coverage import check_api
 from ._properties import PROPERTIES
