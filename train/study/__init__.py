@@ -3,7 +3,8 @@ train.study``; its options and what it writes: ``train.study.cli``).
 
 The modules, in the order data flows through them (each imports only modules above it):
 
-    design       regimes, arms, seeds, runs and their configs (``StudySpec``, ``Run``, ``Plan``), the contrasts
+    regimes      the candidate regimes the pilot weighs (``REGIMES``): a preset, its overrides, a capacity
+    design       arms, seeds, runs and their configs (``StudySpec``, ``Run``, ``Plan``), the contrasts
     execution    running the arms: ordinary, resumable workdirs (``train_runs``), in worker processes or here
     worker       ``python -m train.study.worker``: one worker process of ``execution.train_in_workers``
     results      one row per run from its workdir, ``results.csv``
@@ -24,12 +25,10 @@ The package sits on top of ``train``: it imports the trainer and the modules bel
 from .cli import main as main
 from .design import EXPERT_CHOICE as EXPERT_CHOICE
 from .design import LABELS as LABELS
-from .design import REGIMES as REGIMES
 from .design import SPARSE as SPARSE
 from .design import TOKEN_CHOICE as TOKEN_CHOICE
 from .design import Contrast as Contrast
 from .design import Plan as Plan
-from .design import Regime as Regime
 from .design import Run as Run
 from .design import Schedule as Schedule
 from .design import StudySpec as StudySpec
@@ -48,6 +47,8 @@ from .pilot import PilotError as PilotError
 from .pilot import pilot_study_spec as pilot_study_spec
 from .pilot import run_pilot as run_pilot
 from .pilot import schedule as schedule
+from .regimes import REGIMES as REGIMES
+from .regimes import Regime as Regime
 from .results import convergence_gain as convergence_gain
 from .results import test_curve as test_curve
 from .results import write_csv as write_csv

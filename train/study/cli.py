@@ -38,8 +38,9 @@ from optimized import ROUTERS
 from ..checkpoint import CorruptCheckpointError
 from ..preemption import EXIT_STATUS, Preempted
 from ..workdir import ConfigMismatchError
-from .design import REGIMES, StudySpec, configurations, full_spec, quick_spec
+from .design import StudySpec, configurations, full_spec, quick_spec
 from .pilot import PilotError, pilot_study_spec, read_pilot, run_pilot
+from .regimes import REGIMES
 from .run import plan_study, run_plan
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from .. import paper
 from ..config import Config
-from .design import CONVERGENCE_POINTS, REGIMES, Plan, configuration_label, configurations, contrasts
+from .design import CONVERGENCE_POINTS, Plan, configuration_label, configurations, contrasts
 from .diagnosis import diagnosis_heading, diagnosis_text
+from .regimes import REGIMES
 from .results import evaluation_sizes, finished
 from .statistics import METRIC_LABELS, mean_ci
 
