@@ -1,7 +1,7 @@
 """The pilot (``--pilot``) that gates the study, and the schedule: in which regime, and how many steps at which
 learning rate, the study's runs train; and the minimum detectable difference declared before them.
 
-``run_pilot`` trains, for each candidate regime in turn (``PILOT_REGIMES``, from ``design.REGIMES``), the
+``run_pilot`` trains, for each candidate regime in turn (``PILOT_REGIMES``, from ``regimes.REGIMES``), the
 learned router and the two controls on two seeds, and accepts the first regime where both controls are at least
 ``PILOT_MARGIN`` points on both seeds; it writes ``pilot.json`` and ``pilot.md`` (every regime tried, accepted
 or rejected, with its control figures; a rerun keeps the rows an earlier pilot recorded under the same rule and
@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from ..presets import resolve
-from ..workdir import read_summary
-from .design import RANDOM_ROUTER, REGIMES, Run, Schedule, StudySpec, regime_spec, run_config
+from ..workdir import read_summary, write_whole
+from .design import RANDOM_ROUTER, Run, Schedule, StudySpec, regime_spec, run_config
 from .execution import StudyData, finished_or_diverged, say, train_in_workers, train_run
+from .regimes import REGIMES
 from .statistics import ALPHA, POWER, minimum_detectable_difference
 
 # Choice (round 1): the regimes in the order the pilot tried them (routing-c1, routing-small, routing-tiny, routing,
@@ -32,7 +33,7 @@ from .statistics import ALPHA, POWER, minimum_detectable_difference
 # Softmax Token Choice at c = 0.5 dropped 52% of the tokens and reached 79.1%, against 81.7% for the dense ViT
 # and 81.1% for the content-agnostic router at c = 0.5 (Softmax Expert Choice at c = 0.5: 80.2%).
 # The previous study's "parts" regime is not retried: its review found the routers barely differ there.
-# Choice: the E = 16 regimes (``design.REGIMES``) come after those four, added once the pilot had rejected them
+# Choice: the E = 16 regimes (``regimes.REGIMES``) come after those four, added once the pilot had rejected them
 # (their rows are kept: see ``_recorded``); width 8 before 16, the 8-family task before 16. The two regimes
 # with a Token Choice buffer come next, added once the E = 16 ones had been rejected, then `routing-e16-tc2`,
 # added once `routing-small-tc2` had been rejected, `routing-both-tiny-tc2`, added after `routing-e16-tc2`, and
@@ -48,7 +49,7 @@ from .statistics import ALPHA, POWER, minimum_detectable_difference
 # other in one process), so 50 runs of 3000 steps take about 45 minutes.
 # Both were rejected (MoE - dense below 2 points at seed 101: +0.35 and -1.30). Choice (declared before their
 # runs, 2026-12-04): under the same rule, seeds and schedule, two more regimes where the MoE holds more against
-# the dense ViT (``design.REGIMES``): `routing-both-e16-tc2` (16 experts per layer), then
+# the dense ViT (``regimes.REGIMES``): `routing-both-e16-tc2` (16 experts per layer), then
 # `routing-both-tiny-v128-tc2` (4x the part templates). Appended, as in round 1: the rows recorded for the
 # first two are kept, not retrained.
 PILOT_REGIMES = ("routing-both-tc2", "routing-both-tiny-tc2", "routing-both-e16-tc2", "routing-both-tiny-v128-tc2")
@@ -207,7 +208,7 @@ def run_pilot(spec: StudySpec, studydir, *, regimes=PILOT_REGIMES, seeds=PILOT_S
               "margin": margin, "seeds": list(seeds), "steps": steps, "learning_rate": learning_rate,
               "options": list(spec.overrides), "declared": accepted["declared"] if accepted else None,
               "regimes": tried, "earlier": earlier}  # fmt: skip
-    (studydir / "pilot.json").write_text(json.dumps(result, indent=2))
+    write_whole(studydir / "pilot.json", json.dumps(result, indent=2))  # it carries every earlier round
     write_pilot_report(result, studydir)
     if not accepted:
         raise PilotError(f"the pilot rejected every regime ({', '.join(regimes)}): no control reaches {margin:g} "
@@ -241,7 +242,7 @@ def pilot_study_spec(studydir, **changes) -> StudySpec:
         if path.exists():
             raise ValueError(f"the study runs only in a regime its pilot accepted, and the pilot in {studydir} "
                              f"rejected every candidate ({path.parent / 'pilot.md'}): no study runs. Add a "
-                             "candidate to train.study.design.REGIMES and pilot.PILOT_REGIMES, then rerun "
+                             "candidate to train.study.regimes.REGIMES and pilot.PILOT_REGIMES, then rerun "
                              "`python -m train.study --pilot`")  # fmt: skip
         raise ValueError(f"the study runs in the regime its pilot accepted, and there is no {path}: run "
                          f"`python -m train.study --pilot --workdir {studydir}` first")  # fmt: skip
@@ -277,7 +278,7 @@ def write_pilot_report(result: dict, studydir: Path) -> None:
     for number, old in enumerate(result.get("earlier", []), 1):
         lines += ["", f"## Earlier round {number} (every regime rejected)" if old["status"] == "rejected"
                   else f"## Earlier round {number}", "", *_round_lines(old)]  # fmt: skip
-    (Path(studydir) / "pilot.md").write_text("\n".join(lines) + "\n")
+    write_whole(Path(studydir) / "pilot.md", "\n".join(lines) + "\n")
 
 
 def _round_lines(result: dict) -> list[str]:
