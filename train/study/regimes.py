@@ -105,6 +105,23 @@ REGIMES = {
                                                    "data.distractors=4", "model.mlp_dim=8", "model.moe_layers=0,1"),
                                          1, "as `routing-both-tiny-tc2` on a task of 8 part families x 128 "
                                          "variants (1024 templates)", 2),
+    # Choice (round 3, declared before its runs, 2026-12-05; exploratory runs in studies/routing/exploration.md):
+    # experts of width 32, E = 16 in both blocks, against a dense ViT of width 32. Exploration found the dense
+    # ViT's accuracy nearly flat in width up to 32 at one seed (91.2-91.6% at widths 8, 16, 32, seed 101) while
+    # the MoE's rose (E = 16: 91.6% at width 16, 94.3% at 32); at width 32 learned Token Choice - dense was
+    # +1.81, +2.62, +2.15 on seeds 100-102, the largest of the widths tried (16: +0.39, +2.21; 64: +1.72).
+    "routing-both-e16-w32-tc2": Regime("parts", (*_ROUTING, "model.mlp_dim=32", "model.moe_layers=0,1",
+                                                 "model.num_experts=16", "model.group_images=16"), 1,
+                                       "as `routing-both-e16-tc2` with experts (and the dense MLPs) of width 32",
+                                       2),
+    # Choice (round 3, second): the same on 8 families x 64 variants (512 templates; exploration, seed 100:
+    # +2.00 against +1.81 with 32 variants).
+    "routing-both-e16-w32-v64-tc2": Regime("parts", ("model.depth=2", "data.families=8", "data.variants=64",
+                                                     "data.distractors=4", "model.mlp_dim=32",
+                                                     "model.moe_layers=0,1", "model.num_experts=16",
+                                                     "model.group_images=16"), 1,
+                                           "as `routing-both-e16-w32-tc2` on a task of 8 part families x 64 "
+                                           "variants (512 templates)", 2),
     "parts": Regime("parts", (), 1, "the previous study's regime: depth 4 (MoE at blocks 1 and 3), hidden width "
                     "64, 4 families x 16 variants, 2 distractors (67.5% background), capacity 1"),
 }
