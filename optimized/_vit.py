@@ -77,6 +77,10 @@ class ViTMoEConfig:
     expert_choice_noise_std: float | None = 0.0  # Softmax Expert Choice training noise; None means 1/E (vmoe's)
     representation_size: int | None = None  # an int: Dense(representation_size) + tanh pre-logits before the head
     moe_layers: tuple[int, ...] | None = None  # None: Every-2 (blocks 1, 3, 5, ...); else 0-based MoE block indices
+    # With dense = True, moe_layers names the MoE model this dense one is the control of: every block is an MLP,
+    # laid out and keyed as that model's blocks, so that from one key both get the same patch embedding, position
+    # embedding, attention and layer norms (only the MLPs differ from the experts). Choice: a paired control; a
+    # dense model keyed as Every-2 would start from other attention weights than an MoE model on blocks 0 and 1.
     capacity_rule: str = "round"  # C = round(factor T / E); "vmoe": vmoe's ceil, then up to a multiple of 4
     vmoe_capacity_factor: float = 1.05  # capacity_rule "vmoe", Token Choice: C = ceil(1.05 k T / E), up to mult. of 4
     head_bias_init: float = 0.0  # the head's bias starts here (vmoe's head_bias_init: -10 or -log(classes))
@@ -174,8 +178,6 @@ class ViTMoEConfig:
         layers = self.moe_layers
         if layers is None:
             return
-        if self.dense:
-            raise ValueError(f"moe_layers must be None for the dense baseline (dense = True), got {layers!r}")
         if not isinstance(layers, tuple) or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
             raise TypeError(f"moe_layers must be a tuple of block indices (int) or None, got {layers!r}")
         if not layers:

@@ -119,13 +119,15 @@ def test_regime_configs():
     data = configs["dense"].data
     assert (data.families, data.variants, data.distractors) == (8, 32, 4)
     # A Token Choice buffer: Token Choice at k = 1 (learned and content-agnostic) gets C = 2T/E, Expert Choice
-    # and Soft MoE keep c = 1; with both blocks MoE the dense control is still a plain ViT.
+    # and Soft MoE keep c = 1; with both blocks MoE the dense control is still a plain ViT, laid out and keyed as
+    # the MoE arms (their moe_layers), so that a seed gives it their attention and embeddings.
     spec = study.regime_spec("routing-both-tc2", steps=5, seeds=(0,))
     configs = {run.configuration: study.run_config(spec, run, 5, 1e-3).model for run in study.plan_runs(spec)}
     capacity = {name: (m.factor, m.capacity_factor) for name, m in configs.items()}
     assert capacity == {"softmax_token_choice-c1": (1, 2), "softmax_expert_choice-c1": (1, None),
                         "soft_moe-c1": (1, None), "agnostic-c1": (1, 2), "dense": (1, None)}  # fmt: skip
-    assert configs["softmax_token_choice-c1"].moe_layers == (0, 1) and configs["dense"].moe_layers is None
+    assert configs["softmax_token_choice-c1"].moe_layers == (0, 1) == configs["dense"].moe_layers
+    assert configs["dense"].dense and configs["dense"].moe_block_indices == ()
     with pytest.raises(ValueError, match="token_choice_capacity: 0 is not a positive number"):
         dataclasses.replace(spec, token_choice_capacity=0).validate()
 

@@ -194,8 +194,22 @@ def test_moe_layers_from_the_command_line():
         override(config, "model.moe_layers=9;11")
     with pytest.raises(ValueError, match=r"in \[0, depth - 1 = 1\], got \(9, 11\)"):
         resolve("tiny", overrides=("model.moe_layers=9,11",))
-    with pytest.raises(ValueError, match="moe_layers must be None for the dense baseline"):
-        resolve("tiny", overrides=("model.dense=true", "model.moe_layers=1"))
+    assert resolve("tiny", overrides=("model.dense=true", "model.moe_layers=1")).model.moe_block_indices == ()
+
+
+def test_a_dense_model_with_moe_layers_is_that_moe_models_paired_control():
+    # From one key, the dense control of an MoE model on blocks 0 and 1 starts from the MoE model's embeddings,
+    # attention and layer norms; every block is an MLP. Keyed as the dense default (Every-2 pairs) it would not.
+    config = MICRO.replace(depth=2, moe_layers=(0, 1))
+    key = jax.random.key(3)
+    moe, paired = ViTMoE(config, key=key), ViTMoE(config.replace(dense=True), key=key)
+    unpaired = ViTMoE(config.replace(dense=True, moe_layers=None), key=key)
+    assert paired.config.moe_block_indices == () and all(b.moe is None and b.mlp is not None for b in paired.blocks)
+    shared = lambda m: [m.patch_w, m.pos_embed] + [getattr(b, f) for b in m.blocks for f in ("qkv_w", "out_w")]  # noqa: E731
+    assert all(np.array_equal(a, b) for a, b in zip(shared(moe), shared(paired), strict=True))
+    assert not any(np.array_equal(a, b) for a, b in zip(shared(moe)[2:], shared(unpaired)[2:], strict=True))
+    logits, aux = paired(jnp.zeros((2, config.image_size, config.image_size, config.channels)), key=key)
+    assert logits.shape == (2, config.num_classes) and float(aux["loss"]) == 0.0
 
 
 def test_moe_layers_survive_config_json():

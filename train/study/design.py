@@ -249,8 +249,11 @@ def run_config(spec: StudySpec, run: Run, steps: int, learning_rate: float) -> C
     if run.control == "dense":
         # Choice: the dense control is the same ViT with every MoE block an MLP of the experts' width: the
         # per-token compute of one expert (k = 1, c = 1). Below c = 1 the MoE spends less than that per token
-        # (it leaves tokens out), so MoE beating dense there is the harder test.
-        model = model.replace(dense=True, capacity_factor=None, moe_layers=None)
+        # (it leaves tokens out), so MoE beating dense there is the harder test. Choice (2026-12-05, before pilot
+        # round 4): it keeps the MoE model's ``moe_layers``, so a seed gives it the MoE arms' initialization of
+        # everything but the MLPs (``ViTMoEConfig.moe_layers``); before, with MoE on blocks 0 and 1, the dense
+        # control was keyed as Every-2 and started from other attention weights than every MoE arm of its seed.
+        model = model.replace(dense=True, capacity_factor=None)
     elif run.control == "agnostic":
         model = model.replace(random_routing=True, noise_std=0.0, importance_weight=0.0, load_weight=0.0)
     elif run.control == "hash":
