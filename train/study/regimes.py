@@ -122,6 +122,15 @@ REGIMES = {
                                                      "model.group_images=16"), 1,
                                            "as `routing-both-e16-w32-tc2` on a task of 8 part families x 64 "
                                            "variants (512 templates)", 2),
+    # Choice (round 5, declared before its runs, 2026-12-05; exploration in studies/routing/exploration.md): as
+    # `routing-both-e16-w32-tc2` with a residual width of 64 instead of 96. With the paired dense control,
+    # Token Choice - dense was +2.21 to +2.61 at width 96 (seeds 110, 111, 120, 121: +1.82 at 121) and +5.54, +4.44
+    # at width 64 (exploratory seeds 100, 102): a narrower token leaves more of the work to the MLPs, where the
+    # MoE adds capacity and the dense ViT does not.
+    "routing-both-e16-w32-d64-tc2": Regime("parts", (*_ROUTING, "model.width=64", "model.mlp_dim=32",
+                                                     "model.moe_layers=0,1", "model.num_experts=16",
+                                                     "model.group_images=16"), 1,
+                                           "as `routing-both-e16-w32-tc2` with tokens of width 64 (not 96)", 2),
     "parts": Regime("parts", (), 1, "the previous study's regime: depth 4 (MoE at blocks 1 and 3), hidden width "
                     "64, 4 families x 16 variants, 2 distractors (67.5% background), capacity 1"),
 }
