@@ -115,7 +115,8 @@ class ViTMoEConfig:
 
     @property
     def every_2(self) -> bool:
-        """True when the MoE blocks are V-MoE's Every-2, 1, 3, 5, ... (or the model is dense): the pairs layout."""
+        """True when the MoE blocks are V-MoE's Every-2, 1, 3, 5, ... (or the model is dense with no
+        ``moe_layers``): the pairs layout."""
         return self.moe_layers is None or self.moe_layers == tuple(range(1, self.depth, 2))
 
     @property
