@@ -70,6 +70,8 @@ class ViTMoEConfig:
     dtype: str = "float32"  # compute dtype of the matmuls: "float32" or "bfloat16"
     scan_layers: bool = False  # True: Every-2's pairs of blocks, stacked, run as a rolled jax.lax.scan (compile time
     # flat in depth); False: the blocks in sequence, unrolled (faster on CPU; see ViTMoE)
+    batch_chunks: int | None = None  # the attention and MLPs run on this many slices of the batch, independent
+    # of each other (the MoE layers on the whole batch); None: 4 on one CPU device, else 1 (see _Block.__call__)
     # The authors' choices (google-research/vmoe) as switches; each default is the paper's reading (README, "ours vs
     # vmoe"). See MoELayer for the router ones.
     expert_init: str = "independent"  # "shared": all experts of a layer start from one draw (vmoe's split_rngs=False)
@@ -132,6 +134,8 @@ class ViTMoEConfig:
             integer(name, getattr(self, name), minimum=1)
         integer("group_images", self.group_images, minimum=1)
         integer("depth", self.depth, minimum=1)
+        if self.batch_chunks is not None:
+            integer("batch_chunks", self.batch_chunks, minimum=1)
         self._validate_moe_layers()
         if self.every_2 and (self.depth < 2 or self.depth % 2):
             raise ValueError(
@@ -217,6 +221,7 @@ class _Block(eqx.Module):
     num_heads: int = eqx.field(static=True)
     group_images: int = eqx.field(static=True)
     dtype: str = eqx.field(static=True)
+    batch_chunks: int | None = eqx.field(static=True)
     ln1: Array
     qkv_w: Array
     qkv_b: Array
@@ -232,6 +237,7 @@ class _Block(eqx.Module):
         self.num_heads = config.num_heads
         self.group_images = 1 if config.router == "soft_moe" else config.group_images
         self.dtype = config.dtype
+        self.batch_chunks = config.batch_chunks
         self.ln1 = jnp.stack([jnp.ones(d), jnp.zeros(d)])
         self.qkv_w, self.qkv_b = _xavier(k_qkv, (d, 3 * d)), jnp.zeros(3 * d)
         self.out_w, self.out_b = _xavier(k_out, (d, d)), jnp.zeros(d)
@@ -278,13 +284,38 @@ class _Block(eqx.Module):
         out = jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(b, n, d)
         return x + (_matmul(out, self.out_w.astype(dtype)) + self.out_b.astype(dtype)).astype(jnp.float32)
 
-    def __call__(self, x: Float[Array, "B N D"], key, inference: bool):
+    def _mlp(self, x):
         dtype = DTYPES[self.dtype]
-        x = self._attention(x)
         h = _layer_norm(x, *self.ln2).astype(dtype)
+        w1, b1, w2, b2 = (a.astype(dtype) for a in self.mlp)
+        return x + (_matmul(jax.nn.gelu(_matmul(h, w1) + b1), w2) + b2).astype(jnp.float32)
+
+    def _chunks(self, batch: int) -> int:
+        """How many independent slices of the batch the attention and the MLP run on (``batch_chunks``)."""
+        if self.batch_chunks is not None:
+            if batch % self.batch_chunks:
+                raise ValueError(
+                    f"the batch of {batch} images must be a multiple of batch_chunks = {self.batch_chunks}"
+                )
+            return self.batch_chunks
+        if jax.default_backend() != "cpu" or jax.device_count() != 1:
+            return 1
+        return next(c for c in (4, 2, 1) if batch % c == 0)
+
+    def __call__(self, x: Float[Array, "B N D"], key, inference: bool):
+        # Choice: the attention and the MLP run on slices of the batch (4 by default on one CPU device), as
+        # independent computations; each image's numbers are those of the whole batch (the same products, row
+        # by row), the weight gradients are sums over the slices. XLA's CPU runtime runs independent operations
+        # side by side on its threads, and one batch's chain of dependent matmuls leaves the cores idle between
+        # them: whole step 0.88-0.92x the time at the small size of benchmarks/bench_vs_vmoe.py
+        # (benchmarks/results/vs_vmoe.md). The MoE layer routes the whole batch (its groups, its noise and its
+        # metrics unchanged). On GPU/TPU, or with several devices (a sharded batch), it is 1: one batch, one
+        # kernel per product.
+        parts = [self._attention(p) for p in jnp.split(x, self._chunks(x.shape[0]))]
         if self.moe is None:
-            w1, b1, w2, b2 = (a.astype(dtype) for a in self.mlp)
-            return x + (_matmul(jax.nn.gelu(_matmul(h, w1) + b1), w2) + b2).astype(jnp.float32), None
+            return jnp.concatenate([self._mlp(p) for p in parts]), None
+        x = jnp.concatenate(parts)
+        h = _layer_norm(x, *self.ln2).astype(DTYPES[self.dtype])
         b, n, d = h.shape
         groups = self._groups(h)
         keys = jax.random.split(key, groups.shape[0])

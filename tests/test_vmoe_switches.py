@@ -352,3 +352,47 @@ def test_the_summary_names_the_moe_blocks_of_moe_layers(tmp_path):
     assert [layer["block"] for layer in summarize(last2, tmp_path, 0.5, probe, 1.0)["moe_layers"]] == [3, 5]
     every2 = resolve("tiny", overrides=("model.depth=4",))
     assert [layer["block"] for layer in summarize(every2, tmp_path, 0.5, probe, 1.0)["moe_layers"]] == [1, 3]
+
+
+# ------------------------------------------------------------------------------------------------ batch chunks
+
+
+@pytest.mark.parametrize("router", ["softmax_token_choice", "soft_moe"])
+def test_batch_chunks_give_the_whole_batchs_numbers_and_gradients(router):
+    """The attention and MLPs on slices of the batch (a speed switch): each image's logits, the auxiliary loss
+    and the gradient of every parameter are those of the whole batch, up to float32 summation order."""
+    config = MICRO.replace(depth=4, router=router, batch_chunks=1)
+    whole = ViTMoE(config, key=jax.random.key(0))
+    chunked = ViTMoE(config.replace(batch_chunks=4), key=jax.random.key(0))  # the same weights
+    assert [b.batch_chunks for b in chunked.blocks] == [4] * 4
+
+    def loss(model):  # the head starts at zero: the features carry the gradient to every block
+        features, aux = model.features(IMAGES, key=jax.random.key(3), inference=False)
+        return jnp.sum(features**2) + aux["loss"], (features, aux["moe"])
+
+    (value_w, (logits_w, moe_w)), grads_w = eqx.filter_value_and_grad(loss, has_aux=True)(whole)
+    (value_c, (logits_c, moe_c)), grads_c = eqx.filter_value_and_grad(loss, has_aux=True)(chunked)
+    np.testing.assert_allclose(logits_c, logits_w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(value_c, value_w, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(moe_c), jax.tree.leaves(moe_w), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # routing unchanged: same metrics
+    leaves_c = jax.tree.leaves(eqx.filter(grads_c, eqx.is_array))
+    leaves_w = jax.tree.leaves(eqx.filter(grads_w, eqx.is_array))
+    assert len(leaves_c) == len(leaves_w) > 0
+    for a, b in zip(leaves_c, leaves_w, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert any(np.any(np.asarray(a) != 0) for a in leaves_w)
+
+
+def test_batch_chunks_default_and_bad_values():
+    block = ViTMoE(MICRO, key=jax.random.key(0)).blocks[0]
+    assert block.batch_chunks is None
+    expected = 4 if jax.default_backend() == "cpu" and jax.device_count() == 1 else 1
+    assert block._chunks(32) == expected and block._chunks(7) == 1
+    if expected == 4:
+        assert block._chunks(6) == 2
+    with pytest.raises(ValueError, match="batch_chunks must be"):
+        MICRO.replace(batch_chunks=0).validate()
+    model = ViTMoE(MICRO.replace(batch_chunks=3), key=jax.random.key(0))
+    with pytest.raises(ValueError, match="the batch of 4 images must be a multiple of batch_chunks = 3"):
+        model(IMAGES, key=jax.random.key(1))

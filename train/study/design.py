@@ -238,7 +238,10 @@ def run_config(spec: StudySpec, run: Run, steps: int, learning_rate: float) -> C
     below = run.factor < 1 and run.router in TOKEN_CHOICE
     config = resolve(spec.preset, router=run.router, factor=1 if below else run.factor, seed=run.seed,
                      steps=steps, overrides=overrides)  # fmt: skip
-    model = config.model.replace(combine_from=run.combine_from)
+    # Choice (2026-12-05): the batch in one piece (``batch_chunks=1``). The study's workers run single-threaded
+    # (``execution.py``), where slices of the batch gain nothing, and in one piece every run computes the numbers
+    # of the committed results (studies/routing/results.csv) to the last digit.
+    model = config.model.replace(combine_from=run.combine_from, batch_chunks=1)
     if below:
         model = model.replace(capacity_factor=run.factor)
     elif spec.token_choice_capacity is not None and run.router in TOKEN_CHOICE and run.factor == 1:
