@@ -85,7 +85,7 @@ def _import_vmoe(vmoe_path: str | None, vit_jax_path: str | None):
 # --------------------------------------------------------------------------------------------------- ours
 
 
-def our_config(size: dict, router: str | None, factor):
+def our_config(size: dict, router: str | None, factor, batch_chunks: int | None = None):
     from optimized import ViTMoEConfig
 
     return ViTMoEConfig(
@@ -93,14 +93,15 @@ def our_config(size: dict, router: str | None, factor):
         num_heads=size["num_heads"], mlp_dim=size["mlp_dim"], num_classes=size["num_classes"],
         router=router or "softmax_expert_choice", num_experts=size["num_experts"], factor=factor,
         group_images=size["group_images"], pool="cls", soft_moe_normalize=router == "soft_moe", dense=router is None,
+        batch_chunks=batch_chunks,
     )  # fmt: skip
 
 
-def ours(size: dict, router: str | None, factor) -> dict:
+def ours(size: dict, router: str | None, factor, batch_chunks: int | None = None) -> dict:
     """Our model, its parameters and its loss ``loss(params, images, labels, key)``."""
     from optimized import ViTMoE
 
-    model = ViTMoE(our_config(size, router, factor), key=jax.random.key(0))
+    model = ViTMoE(our_config(size, router, factor, batch_chunks), key=jax.random.key(0))
     params, static = eqx.partition(model, eqx.is_array)
 
     def loss(params, images, labels, key):
@@ -248,6 +249,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--batch", type=int, default=None, help="default: the size's batch")
     parser.add_argument("--no-train-loop", action="store_true", help="skip the train.trainer.make_step timing")
+    parser.add_argument("--whole-batch", action="store_true",
+                        help="also time our step with the batch whole (batch_chunks=1), interleaved")  # fmt: skip
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--name", default=None, help="result file stem; default vs_vmoe (small) or vs_vmoe_b32")
     args = parser.parse_args(argv)
@@ -272,12 +275,16 @@ def main(argv=None) -> int:
         fns = {"ours": p_ours["run"], "vmoe": p_theirs["run"]}
         if not args.no_train_loop:
             fns["train_loop"] = train_loop_step(side_ours["model"], images, labels, optimizer)["run"]
+        if args.whole_batch:
+            fns["ours_whole_batch"] = programs(ours(size, router, factor, 1), images, labels, optimizer)["run"]
         record = {"row": row, "model": title, "parameters": p_ours["count"],
                   "memory": {"ours": p_ours["memory"], "vmoe": p_theirs["memory"]}}  # fmt: skip
         for name in ("forward", "grad", "step"):
             timed = {side: fn for side, fn in fns.items() if name == "step" or side != "train_loop"}
             record[name] = _time(timed, name, args.rounds)
             record[name]["ratio"] = record[name]["vmoe"] / record[name]["ours"]
+            if "ours_whole_batch" in record[name]:
+                record[name]["ratio_whole_batch"] = record[name]["ours_whole_batch"] / record[name]["ours"]
             if "train_loop" in record[name]:
                 record[name]["ratio_train_loop"] = record[name]["vmoe"] / record[name]["train_loop"]
             print(f"  {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in record[name].items()), file=sys.stderr)
@@ -326,6 +333,13 @@ def _table(args, size, rows) -> list[str]:
         lines.append(f"| {r['model']} | {r['parameters']:,} | "
                      f"{mv.get('total', 0) / mib:.1f} ({mv.get('temp', 0) / mib:.1f}) | "
                      f"{mo.get('total', 0) / mib:.1f} ({mo.get('temp', 0) / mib:.1f}) |")  # fmt: skip
+    if rows and "ours_whole_batch" in rows[0]["step"]:
+        lines += ["", "| model | ours, batch whole / in slices (default): forward | value_and_grad | step |",
+                  "| --- | ---: | ---: | ---: |"]  # fmt: skip
+        for r in rows:
+            cells = " | ".join(f"{r[n]['ours_whole_batch']:.0f} / {r[n]['ours']:.0f} ({r[n]['ratio_whole_batch']:.2f})"
+                               for n in ("forward", "grad", "step"))  # fmt: skip
+            lines.append(f"| {r['model']} | {cells} |")
     return lines
 
 

@@ -307,10 +307,11 @@ class _Block(eqx.Module):
         # independent computations; each image's numbers are those of the whole batch (the same products, row
         # by row), the weight gradients are sums over the slices. XLA's CPU runtime runs independent operations
         # side by side on its threads, and one batch's chain of dependent matmuls leaves the cores idle between
-        # them: whole step 0.88-0.92x the time at the small size of benchmarks/bench_vs_vmoe.py
-        # (benchmarks/results/vs_vmoe.md). The MoE layer routes the whole batch (its groups, its noise and its
-        # metrics unchanged). On GPU/TPU, or with several devices (a sharded batch), it is 1: one batch, one
-        # kernel per product.
+        # them. Measured at the small size of benchmarks/bench_vs_vmoe.py (``--whole-batch``, one run, 9
+        # interleaved rounds): the step with the batch whole / in 4 slices, dense 1.10, Expert Choice 0.96, Token
+        # Choice 1.05, Soft MoE 1.05 (benchmarks/results/vs_vmoe.md). The MoE layer routes the whole batch (its
+        # groups, its noise and its metrics unchanged). On GPU/TPU, or with several devices (a sharded batch), it
+        # is 1: one batch, one kernel per product.
         parts = [self._attention(p) for p in jnp.split(x, self._chunks(x.shape[0]))]
         if self.moe is None:
             return jnp.concatenate([self._mlp(p) for p in parts]), None
