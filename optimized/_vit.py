@@ -71,7 +71,8 @@ class ViTMoEConfig:
     scan_layers: bool = False  # True: Every-2's pairs of blocks, stacked, run as a rolled jax.lax.scan (compile time
     # flat in depth); False: the blocks in sequence, unrolled (faster on CPU; see ViTMoE)
     batch_chunks: int | None = None  # the attention and MLPs run on this many slices of the batch, independent
-    # of each other (the MoE layers on the whole batch); None: 4 on one CPU device, else 1 (see _Block.__call__)
+    # of each other (the MoE layers on the whole batch); None: on one CPU device 4 (or 2) slices of at least 256
+    # tokens each, else 1 (see _Block.__call__)
     # The authors' choices (google-research/vmoe) as switches; each default is the paper's reading (README, "ours vs
     # vmoe"). See MoELayer for the router ones.
     expert_init: str = "independent"  # "shared": all experts of a layer start from one draw (vmoe's split_rngs=False)
@@ -290,7 +291,7 @@ class _Block(eqx.Module):
         w1, b1, w2, b2 = (a.astype(dtype) for a in self.mlp)
         return x + (_matmul(jax.nn.gelu(_matmul(h, w1) + b1), w2) + b2).astype(jnp.float32)
 
-    def _chunks(self, batch: int) -> int:
+    def _chunks(self, batch: int, tokens: int) -> int:
         """How many independent slices of the batch the attention and the MLP run on (``batch_chunks``)."""
         if self.batch_chunks is not None:
             if batch % self.batch_chunks:
@@ -300,7 +301,10 @@ class _Block(eqx.Module):
             return self.batch_chunks
         if jax.default_backend() != "cpu" or jax.device_count() != 1:
             return 1
-        return next(c for c in (4, 2, 1) if batch % c == 0)
+        # Choice: a slice keeps at least 256 tokens (matmul rows). At the B/32 size of bench_vs_vmoe.py (batch 8,
+        # 50 tokens) 4 slices of 100 rows made the Soft MoE step 0.93x vmoe's and its memory above vmoe's; whole,
+        # it was 0.98x and below.
+        return next(c for c in (4, 2, 1) if batch % c == 0 and (c == 1 or batch // c * tokens >= 256))
 
     def __call__(self, x: Float[Array, "B N D"], key, inference: bool):
         # Choice: the attention and the MLP run on slices of the batch (4 by default on one CPU device), as
@@ -312,7 +316,7 @@ class _Block(eqx.Module):
         # Choice 1.05, Soft MoE 1.05 (benchmarks/results/vs_vmoe.md). The MoE layer routes the whole batch (its
         # groups, its noise and its metrics unchanged). On GPU/TPU, or with several devices (a sharded batch), it
         # is 1: one batch, one kernel per product.
-        parts = [self._attention(p) for p in jnp.split(x, self._chunks(x.shape[0]))]
+        parts = [self._attention(p) for p in jnp.split(x, self._chunks(*x.shape[:2]))]
         if self.moe is None:
             return jnp.concatenate([self._mlp(p) for p in parts]), None
         x = jnp.concatenate(parts)

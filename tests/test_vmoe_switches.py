@@ -387,10 +387,10 @@ def test_batch_chunks_give_the_whole_batchs_numbers_and_gradients(router):
 def test_batch_chunks_default_and_bad_values():
     block = ViTMoE(MICRO, key=jax.random.key(0)).blocks[0]
     assert block.batch_chunks is None
-    expected = 4 if jax.default_backend() == "cpu" and jax.device_count() == 1 else 1
-    assert block._chunks(32) == expected and block._chunks(7) == 1
-    if expected == 4:
-        assert block._chunks(6) == 2
+    cpu = jax.default_backend() == "cpu" and jax.device_count() == 1
+    assert block._chunks(32, 65) == (4 if cpu else 1)  # slices of 8 images, 520 tokens
+    assert block._chunks(8, 50) == 1 and block._chunks(7, 65) == 1  # B/32's batch of 8: slices would be 100 tokens
+    assert block._chunks(6, 100) == (2 if cpu else 1)  # 3 images, 300 tokens
     with pytest.raises(ValueError, match="batch_chunks must be"):
         MICRO.replace(batch_chunks=0).validate()
     model = ViTMoE(MICRO.replace(batch_chunks=3), key=jax.random.key(0))
