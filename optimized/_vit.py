@@ -307,7 +307,7 @@ class _Block(eqx.Module):
         return next(c for c in (4, 2, 1) if batch % c == 0 and (c == 1 or batch // c * tokens >= 256))
 
     def __call__(self, x: Float[Array, "B N D"], key, inference: bool):
-        # Choice: the attention and the MLP run on slices of the batch (4 by default on one CPU device), as
+        # Choice: the attention and the MLP run on slices of the batch (by default on one CPU device, see _chunks), as
         # independent computations; each image's numbers are those of the whole batch (the same products, row
         # by row), the weight gradients are sums over the slices. XLA's CPU runtime runs independent operations
         # side by side on its threads, and one batch's chain of dependent matmuls leaves the cores idle between
